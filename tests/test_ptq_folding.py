@@ -1,0 +1,127 @@
+"""Batch-norm folding: folded model equals the eval-mode model; pairs found from apply_fn."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bq_jax import ptq
+
+
+class _ConvBN(nn.Module):
+    """Conv(no bias) -> BN -> relu -> Conv(bias) -> BN + skip -> pool -> Dense -> BN -> Dense."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(6, (3, 3), use_bias=False)(x)
+        h = nn.relu(nn.BatchNorm(use_running_average=True)(h))
+        r = nn.Conv(6, (3, 3))(h)
+        h = nn.relu(nn.BatchNorm(use_running_average=True)(r) + h)
+        h = jnp.mean(h, axis=(1, 2))
+        h = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Dense(8)(h)))
+        return nn.Dense(3)(h)
+
+
+def _randomise_bn(variables, key):
+    """Non-trivial running statistics and affine parameters (as after training)."""
+    leaves, tree = jax.tree_util.tree_flatten_with_path(variables)
+    out = []
+    for i, (path, leaf) in enumerate(leaves):
+        names = [getattr(p, "key", "") for p in path]
+        k = jax.random.fold_in(key, i)
+        if names[0] == "batch_stats" and names[-1] == "var":
+            leaf = jax.random.uniform(k, leaf.shape, minval=0.2, maxval=3.0)
+        elif names[0] == "batch_stats" or (names[-2].startswith("BatchNorm")):
+            leaf = leaf + 0.5 * jax.random.normal(k, leaf.shape)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
+@pytest.fixture(scope="module")
+def conv_bn():
+    model = _ConvBN()
+    x = jax.random.normal(jax.random.key(0), (16, 8, 8, 2))
+    variables = jax.jit(model.init)(jax.random.key(1), x)
+    variables = _randomise_bn(variables, jax.random.key(2))
+    return model.apply, variables, x
+
+
+def test_fold_matches_float_outputs(conv_bn):
+    apply_fn, variables, x = conv_bn
+    fold = ptq.fold_batch_norm(apply_fn, variables, x[:4])
+    assert fold.pairs == (
+        ("Conv_0", "BatchNorm_0"),
+        ("Conv_1", "BatchNorm_1"),
+        ("Dense_0", "BatchNorm_2"),
+    )
+    ref = apply_fn(variables, x)
+    got = fold.apply_fn(fold.params, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    # Folded BatchNorms are gone; a bias was created for the bias-free conv.
+    flat = ptq.flatten_params(fold.params)
+    assert not any("BatchNorm" in p for p in flat)
+    assert flat["params/Conv_0/bias"].shape == (6,)
+    # Pure: jit and vmap over a stack of two variants agree with the loop.
+    jitted = jax.jit(fold.apply_fn)(fold.params, x)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(got), rtol=1e-5, atol=1e-6)
+    stack = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), fold.params)
+    vm = jax.vmap(fold.apply_fn, in_axes=(0, None))(stack, x)
+    np.testing.assert_allclose(np.asarray(vm[0]), np.asarray(got), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_formula_single_dense():
+    class M(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.BatchNorm(use_running_average=True, epsilon=1e-3)(nn.Dense(2)(x))
+
+    m = M()
+    x = jnp.ones((1, 3))
+    v = m.init(jax.random.key(0), x)
+    v = {
+        "params": {
+            "Dense_0": {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.array([1.0, -1.0])},
+            "BatchNorm_0": {"scale": jnp.array([2.0, 0.5]), "bias": jnp.array([0.1, 0.2])},
+        },
+        "batch_stats": {"BatchNorm_0": {"mean": jnp.array([3.0, 4.0]), "var": jnp.array([4.0, 1.0])}},
+    }
+    fold = ptq.fold_batch_norm(m.apply, v, x)
+    k = np.array([2.0, 0.5]) / np.sqrt(np.array([4.0, 1.0]) + 1e-3)
+    np.testing.assert_allclose(
+        np.asarray(fold.params["params"]["Dense_0"]["kernel"]),
+        np.arange(6.0).reshape(3, 2) * k,
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np.asarray(fold.params["params"]["Dense_0"]["bias"]),
+        (np.array([1.0, -1.0]) - np.array([3.0, 4.0])) * k + np.array([0.1, 0.2]),
+        rtol=1e-6,
+    )
+    assert fold.params["batch_stats"] == {}
+
+
+def test_fold_errors():
+    class NoPair(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(nn.BatchNorm(use_running_average=True)(x))
+
+    m = NoPair()
+    x = jnp.ones((2, 3))
+    v = m.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="no \\(Dense\\|Conv -> BatchNorm\\) pair"):
+        ptq.fold_batch_norm(m.apply, v, x)
+
+    class Train(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.BatchNorm(use_running_average=False)(nn.Dense(2)(x))
+
+    m = Train()
+    v = m.init(jax.random.key(0), x)
+    apply = lambda p, x: m.apply(p, x, mutable=["batch_stats"])[0]
+    with pytest.raises(ValueError, match="training mode"):
+        ptq.fold_batch_norm(apply, v, x)
+    with pytest.raises(ValueError, match="un-jitted"):
+        ptq.fold_batch_norm(lambda p, x: x, v, x)
