@@ -23,27 +23,31 @@ class _ConvBN(nn.Module):
         return nn.Dense(3)(h)
 
 
-def _randomise_bn(variables, key):
-    """Non-trivial running statistics and affine parameters (as after training)."""
-    leaves, tree = jax.tree_util.tree_flatten_with_path(variables)
-    out = []
-    for i, (path, leaf) in enumerate(leaves):
-        names = [getattr(p, "key", "") for p in path]
-        k = jax.random.fold_in(key, i)
-        if names[0] == "batch_stats" and names[-1] == "var":
-            leaf = jax.random.uniform(k, leaf.shape, minval=0.2, maxval=3.0)
-        elif names[0] == "batch_stats" or (names[-2].startswith("BatchNorm")):
-            leaf = leaf + 0.5 * jax.random.normal(k, leaf.shape)
-        out.append(leaf)
-    return jax.tree_util.tree_unflatten(tree, out)
+def _numpy_init(model, x, seed):
+    """Random variables of ``model`` without compiling its initialisers (fast on CPU)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        name = path[-1].key
+        if name == "kernel":
+            w = rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+        elif name == "var":
+            w = rng.uniform(0.2, 3.0, size=s.shape)
+        elif name == "scale":
+            w = 1.0 + 0.5 * rng.normal(size=s.shape)
+        else:
+            w = 0.3 * rng.normal(size=s.shape)
+        return jnp.asarray(w, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @pytest.fixture(scope="module")
 def conv_bn():
     model = _ConvBN()
     x = jax.random.normal(jax.random.key(0), (16, 8, 8, 2))
-    variables = jax.jit(model.init)(jax.random.key(1), x)
-    variables = _randomise_bn(variables, jax.random.key(2))
+    variables = _numpy_init(model, x, seed=1)
     return model.apply, variables, x
 
 
@@ -84,7 +88,9 @@ def test_fold_formula_single_dense():
             "Dense_0": {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.array([1.0, -1.0])},
             "BatchNorm_0": {"scale": jnp.array([2.0, 0.5]), "bias": jnp.array([0.1, 0.2])},
         },
-        "batch_stats": {"BatchNorm_0": {"mean": jnp.array([3.0, 4.0]), "var": jnp.array([4.0, 1.0])}},
+        "batch_stats": {
+            "BatchNorm_0": {"mean": jnp.array([3.0, 4.0]), "var": jnp.array([4.0, 1.0])}
+        },
     }
     fold = ptq.fold_batch_norm(m.apply, v, x)
     k = np.array([2.0, 0.5]) / np.sqrt(np.array([4.0, 1.0]) + 1e-3)

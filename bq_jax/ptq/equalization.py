@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from bq_jax.ptq.layers import trace_layers
+from bq_jax.ptq.layers import layer_structure
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = [
@@ -145,7 +145,7 @@ def cross_layer_equalization(
     """
     if max_sweeps < 1:
         raise ValueError(f"max_sweeps must be >= 1, got {max_sweeps}")
-    ref, calls = trace_layers(apply_fn, params, sample_x)
+    calls = layer_structure(apply_fn, params, sample_x)
     names = [c.name for c in calls]
     if pairs is None:
         pairs = _default_pairs(calls)
@@ -186,7 +186,8 @@ def cross_layer_equalization(
             break
 
     out = unflatten_params(flat)
-    got = apply_fn(out, sample_x)
+    run = jax.jit(apply_fn)
+    ref, got = run(params, sample_x), run(out, sample_x)
     err = float(jnp.max(jnp.abs(got - ref)))
     bound = check_rtol * max(float(jnp.max(jnp.abs(ref))), 1e-6)
     if not err <= bound:

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bq_jax.ptq.layers import LINEAR_TYPES, trace_layers
+from bq_jax.ptq.layers import LINEAR_TYPES, layer_structure
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = ["BatchNormFold", "fold_batch_norm"]
@@ -74,28 +74,25 @@ def fold_batch_norm(apply_fn: Callable, params, sample_x) -> BatchNormFold:
       >>> fold.pairs  # doctest: +SKIP
       (('Conv_0', 'BatchNorm_0'), ...)
     """
-    _, calls = trace_layers(apply_fn, params, sample_x, layer_types=(*LINEAR_TYPES, nn.BatchNorm))
-    last_linear: dict[int, object] = {}
+    calls = layer_structure(apply_fn, params, sample_x, layer_types=(*LINEAR_TYPES, nn.BatchNorm))
     pairs = []
     for call in calls:
         if isinstance(call.module, nn.BatchNorm):
-            producer = last_linear.get(id(call.inputs))
-            if producer is None:
+            if call.source is None or isinstance(calls[call.source].module, nn.BatchNorm):
                 continue
+            producer = calls[call.source]
             if _use_running_average(call.module, call.kwargs) is not True:
                 raise ValueError(
                     f"BatchNorm {call.name!r} runs in training mode; fold_batch_norm needs the "
                     "eval-mode apply_fn (use_running_average=True)"
                 )
             axis = call.module.axis
-            if axis not in (-1, call.inputs.ndim - 1):
+            if axis not in (-1, len(call.inputs.shape) - 1):
                 raise ValueError(
                     f"BatchNorm {call.name!r} normalises axis {axis}; folding needs the last "
                     "(channel) axis"
                 )
             pairs.append((producer, call))
-        else:
-            last_linear[id(call.outputs)] = call
     if not pairs:
         raise ValueError(
             "no (Dense|Conv -> BatchNorm) pair found: no BatchNorm takes a Dense/Conv output "

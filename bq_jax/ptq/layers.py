@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 
 __all__ = [
     "LINEAR_TYPES",
@@ -28,6 +29,7 @@ __all__ = [
     "intercept_layers",
     "kernel_path",
     "layer_outputs",
+    "layer_structure",
     "trace_layers",
 ]
 
@@ -55,6 +57,8 @@ class LayerCall:
       inputs: the first positional argument of the call.
       outputs: what the call returned.
       kwargs: keyword arguments of the call.
+      source: index (in the call list) of the recorded call whose output is this call's
+        input, or None when the input was computed otherwise.
     """
 
     name: str
@@ -62,6 +66,7 @@ class LayerCall:
     inputs: Any
     outputs: Any
     kwargs: dict
+    source: int | None = None
 
 
 def _name(module: nn.Module) -> str:
@@ -108,6 +113,7 @@ def trace_layers(
     """
     layer_types = tuple(layer_types)
     calls: list[LayerCall] = []
+    produced: dict[int, int] = {}
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
@@ -120,7 +126,9 @@ def trace_layers(
                     "sharing); per-layer PTQ needs one call per layer"
                 )
             clone = module.clone(parent=None, name=None)
-            calls.append(LayerCall(name, clone, args[0], out, dict(kwargs)))
+            source = produced.get(id(args[0]))
+            produced[id(out)] = len(calls)
+            calls.append(LayerCall(name, clone, args[0], out, dict(kwargs), source))
         return out
 
     with nn.intercept_methods(interceptor):
@@ -128,6 +136,39 @@ def trace_layers(
     if not calls:
         raise _no_layers_error(layer_types)
     return logits, calls
+
+
+def layer_structure(
+    apply_fn: Callable,
+    params,
+    x,
+    *,
+    layer_types: Sequence[type] = LINEAR_TYPES,
+    allow_repeated: bool = False,
+) -> list[LayerCall]:
+    """The recorded calls of :func:`trace_layers` computed abstractly (``jax.eval_shape``).
+
+    Nothing is compiled or run: ``inputs`` / ``outputs`` are ``jax.ShapeDtypeStruct``. Use it
+    to find layers, their order, shapes and producer links (``source``) cheaply.
+
+    Example:
+      >>> [c.outputs.shape for c in layer_structure(apply_fn, variables, x)]  # doctest: +SKIP
+      [(1, 64), (1, 64), (1, 10)]
+    """
+    box: list[list[LayerCall]] = []
+
+    def run(params, x):
+        logits, calls = trace_layers(
+            apply_fn, params, x, layer_types=layer_types, allow_repeated=allow_repeated
+        )
+        box.append(calls)
+        return logits, [(c.inputs, c.outputs) for c in calls]
+
+    _, shapes = jax.eval_shape(run, params, x)
+    return [
+        dataclasses.replace(c, inputs=i, outputs=o)
+        for c, (i, o) in zip(box[0], shapes, strict=True)
+    ]
 
 
 def intercept_layers(
