@@ -1,0 +1,157 @@
+"""Everything one training seed's studies share: the trained classifier, its data, the slices,
+the quantized variants and their slice label maps (each computed once, on first use).
+
+Three PCA slices are used, each the plane through the mean of a set of inputs (exactly as the
+model sees them) spanned by its two leading principal components, on an R x R grid:
+
+* ``"train"``:       training inputs. The slice of the bit sweep, interpolation and rounding.
+* ``"calibration"``: calibration inputs only. The stopping rules look at nothing else.
+* ``"heldout"``:     held-out inputs. The stopping rules are judged on it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bq_jax.studies.config import StudyConfig, StudyError
+
+__all__ = ["SeedContext", "SLICE_KINDS", "stack_variants", "weight_config"]
+
+SLICE_KINDS = ("train", "calibration", "heldout")
+# Inputs per forward pass when predicting a split (bounded memory on the larger data sets).
+_BATCH = 2048
+
+
+def weight_config(bits: int):
+    """PTQ-W quantizer of the studies: ``bits``-bit signed, symmetric, per output channel,
+    min-max range, round to nearest.
+
+    Per-channel symmetric is the white paper's recommended weight quantizer: symmetric weights
+    need no zero-point cross term in the integer matmul, and per-channel scales absorb the wide
+    spread of ranges across output channels (with a per-tensor scale, channels with small
+    weights collapse to a few levels at 4 bits and below). Min-max range keeps the comparison
+    between bit widths free of a fitted clipping threshold.
+    """
+    from bq_jax.quant import QuantConfig
+
+    return QuantConfig(bits=bits, symmetric=True, granularity="per_channel", axis=-1)
+
+
+def stack_variants(variants):
+    """Stack a list of same-structure pytrees along a new leading variant axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *variants)
+
+
+class SeedContext:
+    """The trained classifier of one seed and the memoised pieces its studies share.
+
+    Args:
+        config: study settings.
+        seed: training seed.
+        cache_dir: checkpoint cache of bq_jax.train (None: bq_jax.train's default).
+    """
+
+    def __init__(self, config: StudyConfig, seed: int, *, cache_dir: str | None):
+        from bq_jax import train
+
+        self.config = config
+        self.seed = seed
+        try:
+            model, variables, data = train.trained_classifier(
+                config.dataset,
+                seed=seed,
+                cache_dir=cache_dir,
+                data_dir=config.data_dir,
+                model=config.model,
+                quick=config.quick,
+                progress=config.progress,
+            )
+        except (FileNotFoundError, OSError, ValueError) as e:
+            raise StudyError(f"cannot load or train the {config.dataset} classifier: {e}") from e
+        self.model = model
+        self.model_name = getattr(model, "name", config.model)
+        self.apply_fn = model.apply_fn
+        self.float_params = variables
+        self.data = data
+        self._slices: dict = {}
+        self._ptq: dict = {}
+        self._labels: dict = {}
+        self._predictions: dict = {}
+        apply_fn = model.apply_fn
+        self._predict = jax.jit(lambda p, x: jnp.argmax(apply_fn(p, x), axis=-1))
+        self.float_accuracy = self.accuracy(variables, "heldout", key="float")
+
+    # -- data ----------------------------------------------------------------------------------
+    def inputs(self, split: str):
+        """Inputs of ``split`` in {"train", "calibration", "heldout"}."""
+        d = self.data
+        return {"train": d.x_train, "calibration": d.x_calibration, "heldout": d.x_test}[split]
+
+    def targets(self, split: str):
+        d = self.data
+        return {"train": d.y_train, "calibration": d.y_calibration, "heldout": d.y_test}[split]
+
+    def predictions(self, params, split: str, key=None) -> np.ndarray:
+        """Predicted labels int32[N] of ``params`` on ``split`` (memoised under ``key``)."""
+        if key is not None and (key, split) in self._predictions:
+            return self._predictions[(key, split)]
+        x = self.inputs(split)
+        pred = np.concatenate(
+            [
+                np.asarray(self._predict(params, x[i : i + _BATCH]))
+                for i in range(0, x.shape[0], _BATCH)
+            ]
+        )
+        if key is not None:
+            self._predictions[(key, split)] = pred
+        return pred
+
+    def accuracy(self, params, split: str, key=None) -> float:
+        """Accuracy of ``params`` on ``split``: mean(argmax logits == label)."""
+        pred = self.predictions(params, split, key)
+        return float(np.mean(pred == np.asarray(self.targets(split))))
+
+    def flip_rate(self, params, split: str, key=None) -> float:
+        """Fraction of ``split`` inputs whose predicted label differs from the float model's."""
+        ref = self.predictions(self.float_params, split, "float")
+        return float(np.mean(self.predictions(params, split, key) != ref))
+
+    # -- slices and label maps -------------------------------------------------------------------
+    def slice(self, kind: str):
+        """The PCA slice of ``kind`` in :data:`SLICE_KINDS` at ``config.resolution``."""
+        from bq_jax import geometry
+
+        if kind not in SLICE_KINDS:
+            raise ValueError(f"slice kind must be one of {SLICE_KINDS}, got {kind!r}")
+        if kind not in self._slices:
+            self._slices[kind] = geometry.pca_slice(
+                self.inputs(kind), resolution=self.config.resolution
+            )
+        return self._slices[kind]
+
+    def sweep(self, kind: str, params) -> np.ndarray:
+        """Label map int32[R, R] of ``params`` on slice ``kind`` (not memoised)."""
+        from bq_jax import geometry
+
+        stack = stack_variants([params])
+        return np.asarray(geometry.sweep_labels(self.apply_fn, stack, self.slice(kind))[0])
+
+    def labels(self, kind: str, key, params) -> np.ndarray:
+        """Label map int32[R, R] of ``params`` on slice ``kind``, memoised under ``key``."""
+        if (kind, key) not in self._labels:
+            self._labels[(kind, key)] = self.sweep(kind, params)
+        return self._labels[(kind, key)]
+
+    def float_labels(self, kind: str) -> np.ndarray:
+        return self.labels(kind, "float", self.float_params)
+
+    # -- quantized variants ----------------------------------------------------------------------
+    def ptq(self, bits: int):
+        """PTQ-W variables at ``bits`` (see :func:`weight_config`)."""
+        from bq_jax import ptq
+
+        if bits not in self._ptq:
+            self._ptq[bits] = ptq.quantize_weights(self.float_params, weight_config(bits))
+        return self._ptq[bits]
