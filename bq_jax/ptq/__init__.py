@@ -7,3 +7,5 @@ from bq_jax.ptq.equalization import *  # noqa: F403
 from bq_jax.ptq.folding import *  # noqa: F403
 from bq_jax.ptq.layers import *  # noqa: F403
 from bq_jax.ptq.paths import *  # noqa: F403
+from bq_jax.ptq.rounding import *  # noqa: F403
+from bq_jax.ptq.weights import *  # noqa: F403

@@ -1,0 +1,288 @@
+"""PTQ-W: post-training quantization of the weights of a variables dict.
+
+``quantize_weights(params, spec)`` fake-quantizes weight leaves (quantize then dequantize,
+so the result is a float variables dict with the same structure whose kernels lie on their
+quantization grid). What gets quantized is chosen by path rules:
+
+* ``spec`` -- one :class:`bq_jax.quant.QuantConfig` for every targeted leaf;
+* ``rules`` -- an ordered sequence of ``(regex, QuantConfig | None)``; ``None`` keeps the
+  matched leaves in float. A rule's regex is searched (``re.search``) in the path string,
+  e.g. ``"params/Dense_0/kernel"``.
+
+Only leaves whose path matches ``targets`` are candidates (default: every ``kernel`` in the
+``params`` collection), so biases and batch-norm parameters/statistics stay untouched unless
+``targets`` says otherwise. Candidates matched by no rule stay float.
+
+Rule semantics (documented, never silent):
+
+* ``strict=False`` (default): **first match wins** -- a leaf takes the first rule (in list
+  order) whose regex matches it; later matching rules are not ambiguous, they are shadowed.
+* ``strict=True``: a leaf matched by more than one rule raises ``ValueError`` naming both
+  rules (use it when rules are meant to be disjoint).
+* A rule that ends up applying to no leaf (matches nothing, or everything it matches is
+  claimed by earlier rules) raises ``ValueError``: it is almost certainly a typo.
+* A QuantConfig that would apply to a non-float leaf (e.g. an integer counter) raises
+  ``ValueError``.
+
+Example rule list (first and last layer at 8 bits, the rest at 4 bits)::
+
+    rules = [
+        (r"Dense_0/kernel$|Dense_2/kernel$", QuantConfig(bits=8, symmetric=True)),
+        (r"kernel$", QuantConfig(bits=4, symmetric=True, granularity="per_channel")),
+    ]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bq_jax.ptq import _quant as quant
+from bq_jax.ptq.paths import flatten_params, unflatten_params
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "quantize_weights",
+    "quantize_weights_stack",
+    "resolve_rules",
+    "stack_params",
+]
+
+# Leaves quantized by default: kernels of the "params" collection.
+DEFAULT_TARGETS = r"^params/(.*/)?kernel$"
+
+Rule = tuple[str, Any]
+
+
+def _is_config(x) -> bool:
+    return isinstance(x, quant.QuantConfig)
+
+
+def _normalise_rules(spec_or_rules, targets) -> list[tuple[str, re.Pattern, Any]]:
+    if _is_config(spec_or_rules):
+        return [(targets or ".*", re.compile(targets or ".*"), spec_or_rules)]
+    if isinstance(spec_or_rules, str | bytes) or not isinstance(spec_or_rules, Sequence):
+        raise TypeError(
+            "spec_or_rules must be a QuantConfig or a sequence of (regex, QuantConfig | None) "
+            f"pairs, got {type(spec_or_rules).__name__}"
+        )
+    if len(spec_or_rules) == 0:
+        raise ValueError("rules is empty; give at least one (regex, QuantConfig | None) pair")
+    out = []
+    for i, rule in enumerate(spec_or_rules):
+        if not (isinstance(rule, tuple | list) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise TypeError(f"rule {i} must be a (regex, QuantConfig | None) pair, got {rule!r}")
+        pattern, config = rule
+        if config is not None and not _is_config(config):
+            raise TypeError(
+                f"rule {i} ({pattern!r}): the config must be a QuantConfig or None (keep "
+                f"float), got {type(config).__name__}"
+            )
+        try:
+            compiled = re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"rule {i}: {pattern!r} is not a valid regex ({err})") from err
+        out.append((pattern, compiled, config))
+    return out
+
+
+def resolve_rules(
+    params: Mapping[str, Any],
+    spec_or_rules,
+    *,
+    targets: str | None = DEFAULT_TARGETS,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """Which QuantConfig applies to which leaf: ``{path: QuantConfig}`` (float leaves omitted).
+
+    Args:
+      params: flax variables dict.
+      spec_or_rules: a QuantConfig (applied to every targeted leaf) or ordered rules
+        ``[(regex, QuantConfig | None), ...]`` (see the module docstring for the semantics).
+      targets: regex selecting candidate leaves (default: ``kernel`` leaves of ``params``);
+        ``None`` makes every leaf a candidate.
+      strict: raise when a leaf is matched by more than one rule (instead of first match wins).
+
+    Returns:
+      ``{path: QuantConfig}`` in the flattening order of ``params``.
+
+    Raises:
+      ValueError: a rule applies to no leaf, ambiguous rules under ``strict=True``, a config
+        for a non-float leaf, or an invalid regex. TypeError: malformed rules.
+
+    Example:
+      >>> resolve_rules(variables, [(r"Dense_0", cfg8), (r"kernel$", cfg4)])  # doctest: +SKIP
+      {'params/Dense_0/kernel': cfg8, 'params/Dense_1/kernel': cfg4, ...}
+    """
+    rules = _normalise_rules(spec_or_rules, targets)
+    flat = flatten_params(params)
+    target_re = re.compile(targets) if targets is not None else None
+    candidates = [p for p in flat if target_re is None or target_re.search(p)]
+    if not candidates:
+        raise ValueError(f"no leaf of params matches targets={targets!r}; paths: {list(flat)}")
+
+    used = [0] * len(rules)
+    matched = [0] * len(rules)
+    owner: dict[str, int] = {}
+    for path in candidates:
+        hits = [i for i, (_, rx, _) in enumerate(rules) if rx.search(path)]
+        for i in hits:
+            matched[i] += 1
+        if not hits:
+            continue
+        if strict and len(hits) > 1:
+            a, b = rules[hits[0]][0], rules[hits[1]][0]
+            raise ValueError(
+                f"ambiguous rules for {path!r}: rule {hits[0]} ({a!r}) and rule {hits[1]} "
+                f"({b!r}) both match it (strict=True); make the regexes disjoint or use "
+                "strict=False (first match wins)"
+            )
+        owner[path] = hits[0]
+        used[hits[0]] += 1
+
+    for i, (pattern, _, _) in enumerate(rules):
+        if matched[i] == 0:
+            raise ValueError(
+                f"rule {i} ({pattern!r}) matches no parameter among the targeted leaves "
+                f"(targets={targets!r}): {candidates}"
+            )
+        if used[i] == 0:
+            raise ValueError(
+                f"rule {i} ({pattern!r}) never applies: every leaf it matches is claimed by an "
+                "earlier rule (first match wins); reorder or remove it"
+            )
+
+    out = {}
+    for path in candidates:
+        if path not in owner:
+            continue
+        config = rules[owner[path]][2]
+        if config is None:
+            continue
+        dtype = jnp.asarray(flat[path]).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"rule {owner[path]} ({rules[owner[path]][0]!r}) gives a QuantConfig for "
+                f"{path!r}, a non-float leaf of dtype {dtype}; only floating-point leaves can be "
+                "quantized (narrow the regex or targets)"
+            )
+        out[path] = config
+    return out
+
+
+def _quantize_leaf(w, config):
+    """Fake-quantized ``w`` and its QParams under ``config``."""
+    qp = quant.compute_qparams(w, config)
+    return quant.fake_quant(w, config), qp
+
+
+def _summary_row(path, w, wq, config, qp) -> dict:
+    scale = jnp.asarray(qp.scale)
+    return {
+        "path": path,
+        "bits": config.bits,
+        "fmt": config.fmt,
+        "granularity": config.granularity,
+        "range_method": config.range_method,
+        "scale_min": float(jnp.min(scale)),
+        "scale_max": float(jnp.max(scale)),
+        "scale_mean": float(jnp.mean(scale)),
+        "sqnr_db": float(quant.sqnr_db(w, wq)),
+    }
+
+
+def quantize_weights(
+    params: Mapping[str, Any],
+    spec_or_rules,
+    *,
+    targets: str | None = DEFAULT_TARGETS,
+    strict: bool = False,
+    return_summary: bool = False,
+):
+    """PTQ-W: fake-quantizes the targeted weight leaves of a variables dict.
+
+    Each selected leaf ``w`` becomes ``quant.fake_quant(w, config)``, i.e.
+    ``(clip(round(w / s) + zp, qmin, qmax) - zp) * s`` with ``s, zp`` from the config's range
+    method (white paper, section 2 and 3.1: per-tensor or per-channel, min-max / MSE / ...).
+
+    Args:
+      params: flax variables dict ``{"params": ..., "batch_stats": ...}``.
+      spec_or_rules: a QuantConfig for every targeted leaf, or ordered rules
+        ``[(regex, QuantConfig | None), ...]`` (module docstring).
+      targets: regex of candidate leaf paths (default: kernels); ``None`` for all leaves.
+      strict: leaves matched by more than one rule raise instead of first match wins.
+      return_summary: also return one row per quantized leaf: ``path, bits, fmt,
+        granularity, range_method, scale_min, scale_max, scale_mean, sqnr_db``.
+
+    Returns:
+      The quantized variables dict (same structure and dtypes), and the summary list if
+      ``return_summary``.
+
+    Example:
+      >>> cfg = quant.QuantConfig(bits=4, symmetric=True, granularity="per_channel")
+      >>> params_q, rows = quantize_weights(variables, cfg, return_summary=True)  # doctest: +SKIP
+      >>> rows[0]["path"], rows[0]["bits"]  # doctest: +SKIP
+      ('params/Dense_0/kernel', 4)
+    """
+    plan = resolve_rules(params, spec_or_rules, targets=targets, strict=strict)
+    flat = flatten_params(params)
+    summary = []
+    for path, config in plan.items():
+        w = flat[path]
+        wq, qp = _quantize_leaf(w, config)
+        flat[path] = wq.astype(w.dtype)
+        if return_summary:
+            summary.append(_summary_row(path, w, wq, config, qp))
+    out = unflatten_params(flat)
+    return (out, summary) if return_summary else out
+
+
+def stack_params(variants: Sequence[Mapping[str, Any]]):
+    """Stacks variables dicts of equal structure along a new leading variant axis ``V``.
+
+    Example:
+      >>> stack = stack_params([params_a, params_b])  # leaves get shape (2, ...)  # doctest: +SKIP
+    """
+    if len(variants) == 0:
+        raise ValueError("stack_params needs at least one variant")
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *variants)
+
+
+def quantize_weights_stack(
+    params: Mapping[str, Any],
+    configs: Sequence[Any],
+    *,
+    targets: str | None = DEFAULT_TARGETS,
+    strict: bool = False,
+):
+    """``V`` PTQ-W variants of ``params`` stacked on a leading axis, for ``geometry.sweep_labels``.
+
+    Each entry of ``configs`` is a spec or a rule list as in :func:`quantize_weights`
+    (e.g. bit widths 2-8, several range methods). Configs that differ only in ``bits``
+    (same format, granularity, symmetry, range method) share one compiled quantizer per leaf
+    shape; the others are compiled once per distinct config. Leaves left in float are
+    repeated along the variant axis so that every leaf has the leading axis ``V``.
+
+    Args:
+      params: flax variables dict.
+      configs: sequence of specs or rule lists (length ``V >= 1``).
+      targets, strict: as in :func:`quantize_weights`.
+
+    Returns:
+      Variables dict whose leaves have shape ``(V, *leaf.shape)``.
+
+    Example:
+      >>> stack = quantize_weights_stack(variables, [QuantConfig(bits=b) for b in range(2, 9)])
+      ... # doctest: +SKIP
+      >>> labels = geometry.sweep_labels(apply_fn, stack, slc)  # int32[7, R, R]  # doctest: +SKIP
+    """
+    if isinstance(configs, str | bytes) or not isinstance(configs, Sequence) or _is_config(configs):
+        raise TypeError("configs must be a sequence of QuantConfigs or rule lists")
+    if len(configs) == 0:
+        raise ValueError("configs is empty; give at least one variant")
+    variants = [quantize_weights(params, c, targets=targets, strict=strict) for c in configs]
+    return stack_params(variants)
