@@ -2,6 +2,7 @@
 correction, AdaRound and boundary-gap rounding, all as pure functions of variables dicts.
 """
 
+from bq_jax.ptq.activations import *  # noqa: F403
 from bq_jax.ptq.bias_correction import *  # noqa: F403
 from bq_jax.ptq.equalization import *  # noqa: F403
 from bq_jax.ptq.folding import *  # noqa: F403

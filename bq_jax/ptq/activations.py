@@ -1,0 +1,213 @@
+"""Activation quantization at explicit points of any flax linen model (W8A8 and lower).
+
+Quantization points are the inputs (``"input"``) and/or outputs (``"output"``) of every
+Dense/Conv call, reached with :func:`flax.linen.intercept_methods`, so no model code changes.
+Ranges are calibrated on calibration data with the range method of a ``QuantConfig``
+(``"minmax"``, ``"percentile"``, ``"mse"``, ...; white paper section 3.1: activation ranges
+from a calibration set) and carried explicitly: the quantized model is
+
+    apply_q(params_with_ranges, x) -> logits,
+    params_with_ranges = {**params, "activation_qparams": {layer: {point: {"scale", "zero_point"}}}}
+
+which keeps the ``apply_fn(params, x)`` contract (pure, jit-able, and vmappable over a
+variant stack whose ranges differ too). The ``activation_qparams`` collection is removed
+before the model sees the variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from bq_jax.ptq import _quant as quant
+from bq_jax.ptq.layers import LINEAR_TYPES, intercept_layers, trace_layers
+
+__all__ = [
+    "ACTIVATION_KEY",
+    "activation_quantized_apply",
+    "calibrate_activations",
+    "quantize_activations",
+]
+
+# Name of the collection holding the activation ranges inside the variables dict.
+ACTIVATION_KEY = "activation_qparams"
+
+_POINTS = ("input", "output")
+
+
+def _check_points(points) -> tuple[str, ...]:
+    if isinstance(points, str):
+        points = (points,)
+    points = tuple(points)
+    if not points or any(p not in _POINTS for p in points):
+        raise ValueError(f"points must be a non-empty subset of {_POINTS}, got {points!r}")
+    return points
+
+
+def _qrange(config) -> tuple[int, int]:
+    qp = quant.compute_qparams(jnp.array([-1.0, 1.0]), config)
+    return int(qp.qmin), int(qp.qmax)
+
+
+def _check_config(config) -> None:
+    if not isinstance(config, quant.QuantConfig):
+        raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
+    if getattr(config, "fmt", "int") != "int":
+        raise ValueError(f"activation quantization supports fmt='int', got {config.fmt!r}")
+
+
+def calibrate_activations(
+    apply_fn: Callable,
+    params,
+    calibration_x,
+    config,
+    *,
+    points: Sequence[str] = ("input",),
+    batch_size: int | None = None,
+    layer_types: Sequence[type] = LINEAR_TYPES,
+) -> dict:
+    """Activation ranges at the quantization points, from calibration data.
+
+    Runs ``apply_fn`` on ``calibration_x`` (in batches of ``batch_size``), collects the
+    tensors at each point over the whole calibration set and computes
+    ``quant.compute_qparams(tensor, config)`` (range method from ``config``).
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> logits`` of a linen model (un-jitted).
+      params: variables dict (usually already weight-quantized, as deployed).
+      calibration_x: calibration inputs (never held-out data).
+      config: activation QuantConfig (``fmt="int"``; typically per-tensor, asymmetric).
+      points: ``"input"`` and/or ``"output"`` of each Dense/Conv call.
+      batch_size: calibration batch size (default: all at once).
+      layer_types: module classes whose calls are quantization points.
+
+    Returns:
+      ``{layer: {point: {"scale": array, "zero_point": array}}}``.
+
+    Raises:
+      ValueError: empty calibration set, bad points, non-integer format.
+
+    Example:
+      >>> a8 = QuantConfig(bits=8, symmetric=False, range_method="percentile")  # doctest: +SKIP
+      >>> ranges = calibrate_activations(apply_fn, variables, x_cal, a8)  # doctest: +SKIP
+      >>> ranges["Dense_0"]["input"]["scale"]  # doctest: +SKIP
+    """
+    _check_config(config)
+    points = _check_points(points)
+    x = jnp.asarray(calibration_x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"calibration_x must be a non-empty batch, got shape {x.shape}")
+    n = x.shape[0]
+    bs = n if batch_size is None else int(batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def collect(params, xb):
+        _, calls = trace_layers(apply_fn, params, xb, layer_types=layer_types, allow_repeated=True)
+        out: dict[str, dict[str, list]] = {}
+        for c in calls:
+            d = out.setdefault(c.name, {p: [] for p in points})
+            for p in points:
+                d[p].append(c.inputs if p == "input" else c.outputs)
+        return out
+
+    collect = jax.jit(collect)
+    parts = [collect(params, x[i : i + bs]) for i in range(0, n, bs)]
+    ranges = {}
+    for name in parts[0]:
+        ranges[name] = {}
+        for p in points:
+            t = jnp.concatenate(
+                [a.reshape(-1, a.shape[-1]) for part in parts for a in part[name][p]]
+            )
+            qp = quant.compute_qparams(t, config)
+            ranges[name][p] = {
+                "scale": jnp.asarray(qp.scale, jnp.float32),
+                "zero_point": jnp.asarray(qp.zero_point, jnp.float32),
+            }
+    return ranges
+
+
+def activation_quantized_apply(
+    apply_fn: Callable,
+    config,
+    *,
+    layer_types: Sequence[type] = LINEAR_TYPES,
+) -> Callable:
+    """``apply_q(params_with_ranges, x)``: ``apply_fn`` with fake-quantized activations.
+
+    At each calibrated point, ``a -> quant.int_fake_quant(a, scale, zero_point, qmin, qmax)``
+    (``qmin, qmax`` from ``config``); the ranges are read from
+    ``params_with_ranges["activation_qparams"]`` (see :func:`calibrate_activations`), so the
+    function is pure. A Dense/Conv call without an entry is left in float.
+
+    Example:
+      >>> apply_q = activation_quantized_apply(apply_fn, a8)  # doctest: +SKIP
+      >>> logits = apply_q({**variables, "activation_qparams": ranges}, x)  # doctest: +SKIP
+    """
+    _check_config(config)
+    qmin, qmax = _qrange(config)
+
+    def fq(a, qp):
+        s = jnp.asarray(qp["scale"], a.dtype)
+        z = jnp.asarray(qp["zero_point"], a.dtype)
+        s = s.reshape((1,) * (a.ndim - s.ndim) + s.shape)
+        z = z.reshape((1,) * (a.ndim - z.ndim) + z.shape)
+        return quant.int_fake_quant(a, s, z, qmin=qmin, qmax=qmax)
+
+    def apply_q(variables, x):
+        if ACTIVATION_KEY not in variables:
+            raise ValueError(
+                f"variables have no {ACTIVATION_KEY!r} collection; build them with "
+                "quantize_activations or {**params, 'activation_qparams': ranges}"
+            )
+        ranges = variables[ACTIVATION_KEY]
+        rest = {k: v for k, v in variables.items() if k != ACTIVATION_KEY}
+
+        def rewrite(name, module, next_fun, args, kwargs):
+            point = ranges.get(name, {})
+            a = args[0]
+            if "input" in point:
+                a = fq(a, point["input"])
+            out = next_fun(a, *args[1:], **kwargs)
+            if "output" in point:
+                out = fq(out, point["output"])
+            return out
+
+        return intercept_layers(apply_fn, rewrite, layer_types=layer_types)(rest, x)
+
+    return apply_q
+
+
+def quantize_activations(
+    apply_fn: Callable,
+    params,
+    calibration_x,
+    config,
+    *,
+    points: Sequence[str] = ("input",),
+    batch_size: int | None = None,
+    layer_types: Sequence[type] = LINEAR_TYPES,
+):
+    """Calibrates activation ranges and returns ``(apply_q, params_with_ranges)``.
+
+    ``apply_q(params_with_ranges, x)`` is the activation-quantized model; combine with PTQ-W
+    for W8A8: ``quantize_activations(apply_fn, quantize_weights(params, w8), x_cal, a8)``.
+
+    Example:
+      >>> apply_q, pq = quantize_activations(apply_fn, params_w8, x_cal, a8)  # doctest: +SKIP
+      >>> accuracy = jnp.mean(jnp.argmax(apply_q(pq, x_test), -1) == y_test)  # doctest: +SKIP
+    """
+    ranges = calibrate_activations(
+        apply_fn,
+        params,
+        calibration_x,
+        config,
+        points=points,
+        batch_size=batch_size,
+        layer_types=layer_types,
+    )
+    apply_q = activation_quantized_apply(apply_fn, config, layer_types=layer_types)
+    return apply_q, {**params, ACTIVATION_KEY: ranges}
