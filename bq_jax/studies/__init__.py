@@ -97,7 +97,7 @@ from bq_jax.studies.config import (
     StudyError,
     default_config,
 )
-from bq_jax.studies.correlation import correlation, pearson_r
+from bq_jax.studies.correlation import correlation
 from bq_jax.studies.interpolation import interpolation
 from bq_jax.studies.rounding import rounding
 from bq_jax.studies.runner import RunSummary, run, run_study
@@ -113,7 +113,6 @@ __all__ = [
     "correlation",
     "default_config",
     "interpolation",
-    "pearson_r",
     "rounding",
     "run",
     "run_study",

@@ -88,9 +88,7 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
         "bits": np.asarray(bits, np.int32),
         "float_labels": float_labels.astype(np.int16),
         "labels": maps.astype(np.int16),
-        "extent": np.asarray(ctx.slice("train").extent, np.float64)
-        if hasattr(ctx.slice("train"), "extent")
-        else np.zeros(0),
+        "extent": ctx.extent("train"),
     }
     return result, arrays
 

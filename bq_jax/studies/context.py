@@ -131,6 +131,11 @@ class SeedContext:
             )
         return self._slices[kind]
 
+    def extent(self, kind: str) -> np.ndarray:
+        """``(u_min, u_max, v_min, v_max)``: slice coordinates of the grid ends of ``kind``."""
+        slc = self.slice(kind)
+        return np.asarray(slc.extent, np.float64)
+
     def sweep(self, kind: str, params) -> np.ndarray:
         """Label map int32[R, R] of ``params`` on slice ``kind`` (not memoised)."""
         from bq_jax import geometry

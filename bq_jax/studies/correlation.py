@@ -11,7 +11,8 @@ Jaccard (PCA slice of the held-out inputs) are paired, and the Pearson correlati
 
     r = sum (c - mean c)(h - mean h) / sqrt(sum (c - mean c)^2 * sum (h - mean h)^2)
 
-is computed per seed; ``None`` when either coordinate is constant (r is undefined).
+is computed per seed (:func:`bq_jax.report.pearson_r`); ``None`` when either coordinate is
+constant (r is undefined).
 
 The two slices are planes through two samples of the same distribution, so they are close to
 each other; a high r says the calibration slice is a faithful stand-in, not that the two
@@ -20,33 +21,12 @@ measurements are independent.
 
 from __future__ import annotations
 
-import numpy as np
-
+from bq_jax.report import pearson_r
 from bq_jax.studies.aggregate import mean_std
 
-__all__ = ["correlation", "pearson_r", "variant_points", "compute", "aggregate", "DEPENDS"]
+__all__ = ["correlation", "variant_points", "compute", "aggregate", "DEPENDS"]
 
 DEPENDS: tuple[str, ...] = ("stopping", "rounding")
-
-
-def pearson_r(x, y) -> float | None:
-    """Pearson correlation of two equal-length sequences; None if either is constant.
-
-    Example:
-        >>> round(pearson_r([0.1, 0.2, 0.4], [0.2, 0.35, 0.8]), 4)
-        0.9977
-    """
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
-    if x.size < 2:
-        return None
-    dx, dy = x - x.mean(), y - y.mean()
-    denom = np.sqrt(np.sum(dx * dx) * np.sum(dy * dy))
-    if denom == 0.0:
-        return None
-    return float(np.clip(np.sum(dx * dy) / denom, -1.0, 1.0))
 
 
 def variant_points(stopping_result: dict, rounding_result: dict) -> list[dict]:

@@ -155,7 +155,7 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
     """One seed's interpolation study over every adjacent pair of widths."""
     ts = np.linspace(0.0, 1.0, config.interpolation_steps)
     pairs = [(b, b - 1) for b in config.bits[:-1]]
-    rows, change_maps, near_maps = [], [], []
+    rows, change_maps, near_maps, first_maps = [], [], [], []
     bar = tqdm(
         total=len(pairs) * len(ts),
         desc=f"interpolation seed {seed}",
@@ -169,6 +169,7 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
             maps.append(ctx.sweep("train", params))
             bar.update()
         stats = transition_stats(np.stack(maps))
+        first_maps.append(maps[0])
         change_maps.append(stats.pop("change_count"))
         near_maps.append(stats.pop("near_any"))
         rows.append({"from_bits": hi, "to_bits": lo, **stats})
@@ -183,6 +184,8 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
         "from_bits": np.asarray([p[0] for p in pairs], np.int32),
         "change_count": np.stack(change_maps).astype(np.int16),
         "near_junctions": np.stack(near_maps),
+        "labels_from": np.stack(first_maps).astype(np.int16),
+        "extent": ctx.extent("train"),
     }
     return result, arrays
 

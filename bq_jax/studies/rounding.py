@@ -9,12 +9,14 @@ At each width of ``rounding_bits`` the same per-channel symmetric min-max grid i
 rounding rules:
 
 * ``nearest``: round to nearest (the PTQ-W variant of the bit sweep);
-* ``adaround``: AdaRound (learned up/down rounding minimising each layer's output
-  reconstruction error on calibration inputs, rectified-sigmoid relaxation, annealed regulariser);
-* ``boundary_gap``: the AdaRound objective plus ``boundary_gap_weight`` times the boundary-gap
-  penalty ``sum_x w(x) huber(g_Q(x) - g_F(x))``, ``g = z_a - z_b`` (top-1 minus runner-up logit
-  of the float model), ``w = exp(-|g_F| / T)``, on calibration inputs
-  (:func:`bq_jax.ptq.optimize_rounding`).
+* ``adaround``: layer-wise AdaRound (:func:`bq_jax.ptq.adaround`): learned up/down rounding
+  minimising each layer's output reconstruction error on calibration inputs
+  (rectified-sigmoid relaxation, annealed regulariser, ``rounding_iters`` steps per layer);
+* ``boundary_gap``: network-wise learned rounding (:func:`bq_jax.ptq.optimize_rounding`) of
+  the KL(float || quantized) task term plus ``boundary_gap_weight`` times the boundary-gap
+  penalty ``sum_x w(x) huber(g_Q(x) - g_F(x))``, ``g = z_a - z_b`` (float top-1 minus
+  runner-up logit), ``w = exp(-|g_F| / T)``, on calibration band points and calibration
+  slice-grid points; ``rounding_iters`` x (number of layers) steps, the same budget.
 
 Every variant is measured like the bit sweep (accuracy, boundary Jaccard on the training PCA
 slice, boundary-band pair-order flip, ...) and, for the correlation study, like the stopping
@@ -39,25 +41,41 @@ METHODS = ("nearest", "adaround", "boundary_gap")
 
 
 def rounded_weights(ctx, bits: int, method: str, key):
-    """Variables with every kernel quantized at ``bits`` by rounding rule ``method``."""
+    """Variables with every kernel quantized at ``bits`` by rounding rule ``method``.
+
+    ``adaround`` runs ``rounding_iters`` steps per layer; ``boundary_gap`` optimises all
+    layers jointly for ``rounding_iters`` x (number of layers) steps, the same step budget.
+    """
     from bq_jax import ptq
 
     if method == "nearest":
         return ctx.ptq(bits)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     cfg = ctx.config
-    return ptq.optimize_rounding(
-        ctx.apply_fn,
-        ctx.float_params,
-        ctx.inputs("calibration"),
-        weight_config(bits),
-        key,
-        objective="reconstruction" if method == "adaround" else "boundary_gap",
-        boundary_gap_weight=cfg.boundary_gap_weight,
-        num_steps=cfg.rounding_iters,
-        progress=False,
-    )
+    weights = weight_config(bits)
+    if method == "adaround":
+        return ptq.adaround(
+            ctx.apply_fn,
+            ctx.float_params,
+            ctx.inputs("calibration"),
+            ptq.AdaRoundConfig(weights=weights, iterations=cfg.rounding_iters),
+            key,
+            progress=False,
+        )
+    if method == "boundary_gap":
+        n_layers = len(ptq.resolve_rules(ctx.float_params, weights))
+        return ptq.optimize_rounding(
+            ctx.apply_fn,
+            ctx.float_params,
+            ctx.inputs("calibration"),
+            ptq.RoundingConfig(
+                weights=weights,
+                iterations=cfg.rounding_iters * n_layers,
+                gap_weight=cfg.boundary_gap_weight,
+            ),
+            key,
+            progress=False,
+        )
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
 def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
