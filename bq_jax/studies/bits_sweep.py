@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bq_jax.ptq import stack_params
 from bq_jax.studies.aggregate import mean_rows, mean_std
-from bq_jax.studies.context import stack_variants
 
 __all__ = ["bits_sweep", "compute", "aggregate", "METRICS", "DEPENDS"]
 
@@ -42,7 +42,7 @@ def _compare(ctx, variants):
     return geometry.compare(
         ctx.apply_fn,
         ctx.float_params,
-        stack_variants(variants),
+        stack_params(variants),
         ctx.slice("train"),
         ctx.inputs("heldout"),
         ctx.inputs("calibration"),

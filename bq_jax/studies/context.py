@@ -17,7 +17,7 @@ import numpy as np
 
 from bq_jax.studies.config import StudyConfig, StudyError
 
-__all__ = ["SeedContext", "SLICE_KINDS", "stack_variants", "weight_config"]
+__all__ = ["SeedContext", "SLICE_KINDS", "weight_config"]
 
 SLICE_KINDS = ("train", "calibration", "heldout")
 # Inputs per forward pass when predicting a split (bounded memory on the larger data sets).
@@ -37,11 +37,6 @@ def weight_config(bits: int):
     from bq_jax.quant import QuantConfig
 
     return QuantConfig(bits=bits, symmetric=True, granularity="per_channel", axis=-1)
-
-
-def stack_variants(variants):
-    """Stack a list of same-structure pytrees along a new leading variant axis."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *variants)
 
 
 class SeedContext:
@@ -139,8 +134,9 @@ class SeedContext:
     def sweep(self, kind: str, params) -> np.ndarray:
         """Label map int32[R, R] of ``params`` on slice ``kind`` (not memoised)."""
         from bq_jax import geometry
+        from bq_jax.ptq import stack_params
 
-        stack = stack_variants([params])
+        stack = stack_params([params])
         return np.asarray(geometry.sweep_labels(self.apply_fn, stack, self.slice(kind))[0])
 
     def labels(self, kind: str, key, params) -> np.ndarray:

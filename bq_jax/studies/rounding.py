@@ -28,9 +28,10 @@ from __future__ import annotations
 import jax
 from tqdm.auto import tqdm
 
-from bq_jax.studies import bits_sweep, stopping
 from bq_jax.studies.aggregate import mean_rows
+from bq_jax.studies.bits_sweep import metric_rows
 from bq_jax.studies.context import weight_config
+from bq_jax.studies.stopping import variant_row
 
 __all__ = ["rounding", "METHODS", "rounded_weights", "compute", "aggregate", "DEPENDS"]
 
@@ -97,9 +98,9 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
             bar.update()
     bar.close()
     rows = []
-    metrics = bits_sweep.metric_rows(ctx, variants, keys)
+    metrics = metric_rows(ctx, variants, keys)
     for (b, method), key, params, m in zip(names, keys, variants, metrics, strict=True):
-        rows.append({"bits": b, "method": method, **m, **stopping.variant_row(ctx, key, params)})
+        rows.append({"bits": b, "method": method, **m, **variant_row(ctx, key, params)})
     result = {"model": ctx.model_name, "float_accuracy": ctx.float_accuracy, "rows": rows}
     return result, {}
 

@@ -22,29 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import io
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from bq_jax.studies import bits_sweep as _bits_sweep
-from bq_jax.studies import correlation as _correlation
-from bq_jax.studies import interpolation as _interpolation
-from bq_jax.studies import rounding as _rounding
-from bq_jax.studies import stopping as _stopping
 from bq_jax.studies.config import STUDIES, StudyConfig, StudyError
 
 __all__ = ["RunSummary", "run", "run_study", "train_only", "part_path"]
 
-#: The module that computes each study.
-MODULES = {
-    "bits_sweep": _bits_sweep,
-    "interpolation": _interpolation,
-    "stopping": _stopping,
-    "rounding": _rounding,
-    "correlation": _correlation,
-}
+#: The module that computes each study (``compute``, ``aggregate``, ``DEPENDS``). Looked up by
+#: module path: the package namespace binds each name to the study function instead.
+MODULES = {name: importlib.import_module(f"bq_jax.studies.{name}") for name in STUDIES}
 
 
 @dataclasses.dataclass
