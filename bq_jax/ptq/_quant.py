@@ -10,6 +10,7 @@ percentile ranges, per-tensor or per-channel) stands in; each name resolves to t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -140,3 +141,20 @@ compute_qparams = getattr(_q, "compute_qparams", _compute_qparams)
 fake_quant = getattr(_q, "fake_quant", _fake_quant)
 int_fake_quant = getattr(_q, "int_fake_quant", _int_fake_quant)
 sqnr_db = getattr(_q, "sqnr_db", _sqnr_db)
+
+
+def _broadcast_qparams(qparams, shape, config):
+    def expand(a):
+        a = jnp.asarray(a)
+        return jnp.broadcast_to(a.reshape((1,) * (len(shape) - a.ndim) + a.shape), shape)
+
+    return _QParams(expand(qparams.scale), expand(qparams.zero_point), qparams.qmin, qparams.qmax)
+
+
+broadcast_qparams = getattr(_q, "broadcast_qparams", _broadcast_qparams)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def full_qparams(w, config):
+    """``compute_qparams`` with scale / zero point expanded to ``w.shape`` (jitted)."""
+    return broadcast_qparams(compute_qparams(w, config), tuple(w.shape), config)

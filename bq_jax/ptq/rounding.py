@@ -23,6 +23,7 @@ every returned kernel is on its integer grid (checked before returning).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from bq_jax.ptq import _geometry as geometry
 from bq_jax.ptq import _quant as quant
 from bq_jax.ptq.layers import kernel_path, layer_structure, trace_layers
 from bq_jax.ptq.paths import flatten_params, unflatten_params
@@ -77,6 +79,11 @@ def _freeze_rules(weights):
     return tuple(tuple(r) for r in weights)
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["scale", "zero_point"],
+    meta_fields=["qmin", "qmax"],
+)
 @dataclasses.dataclass(frozen=True)
 class RoundingQuantizer:
     """Integer grid of one kernel: ``scale``, ``zero_point`` and the code range."""
@@ -99,7 +106,7 @@ def _quantizers(params, weights, targets, strict) -> dict[str, RoundingQuantizer
                 f"learned rounding needs an integer grid; {path!r} has fmt={cfg.fmt!r} "
                 "(use fmt='int')"
             )
-        qp = quant.compute_qparams(flat[path], cfg)
+        qp = quant.full_qparams(flat[path], cfg)
         out[path] = RoundingQuantizer(
             jnp.asarray(qp.scale, flat[path].dtype),
             jnp.asarray(qp.zero_point, flat[path].dtype),
@@ -109,19 +116,28 @@ def _quantizers(params, weights, targets, strict) -> dict[str, RoundingQuantizer
     return out
 
 
+@jax.jit
+def _grid_distance(w, q: RoundingQuantizer):
+    s = jnp.reshape(q.scale, (1,) * (w.ndim - jnp.ndim(q.scale)) + jnp.shape(q.scale))
+    zp = jnp.reshape(
+        q.zero_point, (1,) * (w.ndim - jnp.ndim(q.zero_point)) + jnp.shape(q.zero_point)
+    )
+    c = w / s + zp
+    r = jnp.round(c)
+    return jnp.max(jnp.abs(c - r)), jnp.min(r), jnp.max(r)
+
+
 def check_on_grid(w, q: RoundingQuantizer, *, path: str = "kernel", atol: float = 1e-3) -> None:
     """Raises ``RuntimeError`` unless ``w / s + zp`` is an integer in ``[qmin, qmax]``.
 
     Example:
       >>> check_on_grid(jnp.array([0.5, -1.0]), RoundingQuantizer(0.5, 0.0, -8, 7))
     """
-    s = jnp.reshape(q.scale, (1,) * (w.ndim - jnp.ndim(q.scale)) + jnp.shape(q.scale))
-    zp = jnp.reshape(
-        q.zero_point, (1,) * (w.ndim - jnp.ndim(q.zero_point)) + jnp.shape(q.zero_point)
+    w = jnp.asarray(w)
+    q = RoundingQuantizer(
+        jnp.asarray(q.scale, w.dtype), jnp.asarray(q.zero_point, w.dtype), q.qmin, q.qmax
     )
-    c = w / s + zp
-    off = float(jnp.max(jnp.abs(c - jnp.round(c))))
-    lo, hi = float(jnp.min(jnp.round(c))), float(jnp.max(jnp.round(c)))
+    off, lo, hi = (float(a) for a in _grid_distance(w, q))
     if not (off <= atol and lo >= q.qmin and hi <= q.qmax):
         raise RuntimeError(
             f"{path}: rounded weights are off the integer grid (max distance {off:.3g}, codes in "
@@ -140,14 +156,29 @@ def nearest_rounding(params, weights, *, targets=DEFAULT_TARGETS, strict=False):
     qs = _quantizers(params, _freeze_rules(weights), targets, strict)
     flat = flatten_params(params)
     for path, q in qs.items():
-        flat[path] = quant.int_fake_quant(
-            flat[path],
-            _bcast(q.scale, flat[path]),
-            _bcast(q.zero_point, flat[path]),
-            qmin=q.qmin,
-            qmax=q.qmax,
-        )
+        flat[path] = _nearest(flat[path], q)
     return unflatten_params(flat)
+
+
+@jax.jit
+def _nearest(w, q: RoundingQuantizer):
+    return quant.int_fake_quant(
+        w, _bcast(q.scale, w), _bcast(q.zero_point, w), qmin=q.qmin, qmax=q.qmax
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _init_v(w, scale, zeta, gamma):
+    return ar.adaround_init(w, scale, zeta=zeta, gamma=gamma)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _finish(w, v, q, zeta, gamma):
+    """``(h(V), hard-rounded kernel)``."""
+    h = ar.adaround_h(v, zeta=zeta, gamma=gamma)
+    return h, ar.adaround_weights(
+        w, v, q.scale, q.zero_point, qmin=q.qmin, qmax=q.qmax, hard=True, zeta=zeta, gamma=gamma
+    )
 
 
 def _bcast(a, w):
@@ -247,6 +278,7 @@ def _layer_params(flat: Mapping[str, Any], name: str) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=32)
 def _io_fn(apply_fn):
     def io(params, x):
         _, calls = trace_layers(apply_fn, params, x)
@@ -260,25 +292,35 @@ def _sq_err(y, t):
     return jnp.mean(jnp.sum(d * d, axis=1))
 
 
-def _make_layer_runner(module, q: RoundingQuantizer, cfg: AdaRoundConfig, total: int, counter):
-    opt = optax.adam(cfg.learning_rate)
+@functools.lru_cache(maxsize=128)
+def _layer_runner(module, qmin: int, qmax: int, hyper: tuple, total: int):
+    """Jitted ``lax.scan`` over AdaRound steps for one layer type; cached across calls.
 
-    def loss_fn(v, w, fixed, xb, yb, step):
-        wq = _soft_kernel(w, v, q, cfg)
+    ``hyper`` = (learning_rate, reg_weight, warm_start, beta_start, beta_end, zeta, gamma,
+    batch_size). Returns ``(optimizer, run, traces)`` where ``traces`` counts compilations.
+    """
+    lr, reg_weight, warm_start, beta_start, beta_end, zeta, gamma, batch_size = hyper
+    sched = _Schedule(warm_start, beta_start, beta_end, zeta, gamma)
+    opt = optax.adam(lr)
+    traces: list[int] = []
+
+    def loss_fn(v, w, scale, zp, fixed, xb, yb, step):
+        q = RoundingQuantizer(scale, zp, qmin, qmax)
+        wq = _soft_kernel(w, v, q, sched)
         y = module.apply({"params": {**fixed, "kernel": wq}}, xb)
         rec = _sq_err(y, yb)
-        reg, beta = _reg_term({"v": v}, step, total, cfg)
-        return rec + cfg.reg_weight * reg, (rec, reg, beta)
+        reg, _ = _reg_term({"v": v}, step, total, sched)
+        return rec + reg_weight * reg, (rec, reg)
 
-    def run(v, opt_state, w, fixed, x_in, y_t, key, steps):
-        counter.append(1)  # counts traces (compilations), not calls
+    def run(v, opt_state, w, scale, zp, fixed, x_in, y_t, key, steps):
+        traces.append(1)  # runs at trace time only: counts compilations, not calls
         n = x_in.shape[0]
 
         def one(carry, step):
             v, st = carry
-            idx = jax.random.randint(jax.random.fold_in(key, step), (cfg.batch_size,), 0, n)
-            (loss, (rec, reg, beta)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                v, w, fixed, x_in[idx], y_t[idx], step
+            idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
+            (loss, (rec, reg)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                v, w, scale, zp, fixed, x_in[idx], y_t[idx], step
             )
             updates, st = opt.update(g, st, v)
             return (optax.apply_updates(v, updates), st), (loss, rec, reg)
@@ -286,7 +328,16 @@ def _make_layer_runner(module, q: RoundingQuantizer, cfg: AdaRoundConfig, total:
         (v, opt_state), metrics = jax.lax.scan(one, (v, opt_state), steps)
         return v, opt_state, metrics
 
-    return opt, jax.jit(run)
+    return opt, jax.jit(run), traces
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    warm_start: float
+    beta_start: float
+    beta_end: float
+    zeta: float
+    gamma: float
 
 
 def _chunks(total: int, size: int):
@@ -370,9 +421,19 @@ def adaround(
             x_in = float_io[layer.name][0]
         y_t = float_io[layer.name][1]
         fixed = {k: v for k, v in _layer_params(flat, layer.name).items() if k != "kernel"}
-        traces: list[int] = []
-        opt, run = _make_layer_runner(layer.module, q, config, config.iterations, traces)
-        v = ar.adaround_init(w, q.scale, zeta=config.zeta, gamma=config.gamma)
+        hyper = (
+            config.learning_rate,
+            config.reg_weight,
+            config.warm_start,
+            config.beta_start,
+            config.beta_end,
+            config.zeta,
+            config.gamma,
+            config.batch_size,
+        )
+        opt, run, traces = _layer_runner(layer.module, q.qmin, q.qmax, hyper, config.iterations)
+        traces_before = len(traces)
+        v = _init_v(w, q.scale, config.zeta, config.gamma)
         state = opt.init(v)
         lkey = jax.random.fold_in(key, li)
         hist = []
@@ -383,13 +444,14 @@ def adaround(
             leave=False,
         )
         for steps in _chunks(config.iterations, config.steps_per_call):
-            v, state, metrics = run(v, state, w, fixed, x_in, y_t, lkey, steps)
+            v, state, metrics = run(
+                v, state, w, q.scale, q.zero_point, fixed, x_in, y_t, lkey, steps
+            )
             hist.append(metrics)
             bar.update(int(steps.shape[0]))
             bar.set_postfix(rec=f"{float(metrics[1][-1]):.4g}")
         bar.close()
-        h = ar.adaround_h(v, zeta=config.zeta, gamma=config.gamma)
-        w_hard = _soft_kernel(w, v, q, config, hard=True)
+        h, w_hard = _finish(w, v, q, config.zeta, config.gamma)
         check_on_grid(w_hard, q, path=path)
         flat[path] = w_hard
         loss, rec, reg = (jnp.concatenate([m[i] for m in hist]) for i in range(3))
@@ -398,7 +460,7 @@ def adaround(
             "rec": rec,
             "reg": reg,
             "soft_fraction": float(jnp.mean((h > 0) & (h < 1))),
-            "traces": len(traces),
+            "traces": len(traces) - traces_before,
         }
     out = unflatten_params(flat)
     return (out, info) if return_info else out
@@ -531,16 +593,13 @@ def rounding_batch_data(apply_fn: Callable, params, calibration_x, config: Round
       >>> pools["grid_x"].shape  # doctest: +SKIP
       (1024, 64)
     """
-    from bq_jax import geometry
-
     x = _check_calibration(calibration_x)
     run = jax.jit(apply_fn)
     logits = run(params, x)
     margin = _top2_gap(logits, logits)
     tau = jnp.quantile(margin, config.band_quantile)
     band = np.asarray(margin <= tau)
-    slc = geometry.pca_slice(x, resolution=config.slice_resolution)
-    grid_x = jnp.asarray(slc.points).reshape(-1, *x.shape[1:])
+    grid_x = geometry.slice_grid_points(x, config.slice_resolution)
     return {
         "x": x,
         "logits": logits,
@@ -570,8 +629,6 @@ def make_rounding_objective(
       >>> objective = make_rounding_objective(apply_fn, variables, cfg)  # doctest: +SKIP
       >>> loss, aux = objective(variables, batch)  # doctest: +SKIP
     """
-    from bq_jax import geometry
-
     io = None
     if config.recon_weight > 0:
 
@@ -753,9 +810,8 @@ def optimize_rounding(
     bar.close()
     soft = []
     for p, q in qs.items():
-        h = ar.adaround_h(vs[p], zeta=config.zeta, gamma=config.gamma)
+        h, flat[p] = _finish(w[p], vs[p], q, config.zeta, config.gamma)
         soft.append(jnp.sum((h > 0) & (h < 1)))
-        flat[p] = _soft_kernel(w[p], vs[p], q, config, hard=True)
         check_on_grid(flat[p], q, path=p)
     out = unflatten_params(flat)
     if not return_info:
