@@ -72,6 +72,17 @@ def _mean_std_cell(row, key, fmt):
     return text
 
 
+_TEXT_COLUMNS = ("finding", "holds", "evidence", "rule", "method", "transition")
+
+
+def _table(sec, rows, columns, *, formats=None, left=_TEXT_COLUMNS):
+    """A table whose cells (numbers or "mean ± std" text) are right-aligned, except ``left``."""
+    from bq_jax.report import markdown_table
+
+    align = {c: "left" if c in left else "right" for c in columns}
+    sec.markdown(markdown_table(rows, columns, formats=formats, align=align))
+
+
 # ---------------------------------------------------------------------------------- figures
 
 
@@ -242,7 +253,7 @@ def _interpolation_maps(config, arrays):
 def findings(results: dict) -> list[tuple[str, bool | None, str]]:
     """The paper's qualitative findings checked on ``results``: (finding, holds, evidence).
 
-    ``holds`` is None when the studies needed for a finding were not run.
+    ``holds`` is None when the finding cannot be decided (e.g. Pearson r undefined).
     """
     out = []
     bs = results.get("bits_sweep")
@@ -345,7 +356,7 @@ def _compare_sentence(name: str, ours, paper, fmt: str) -> str:
 # ---------------------------------------------------------------------------------- report
 
 
-def write_report(config, results: dict, out: str, *, wall_time_s: float | None = None) -> str:
+def write_report(config, results: dict, out: str, *, summary=None) -> str:
     """Write ``out/report.md`` for ``results``; returns its text."""
     from bq_jax.report import Report
 
@@ -368,17 +379,22 @@ def write_report(config, results: dict, out: str, *, wall_time_s: float | None =
     cmd = f"bq-jax reproduce {ds} --seed {seeds[0]} --seeds {len(seeds)}"
     cmd += f" --resolution {config.resolution}" + (" --quick" if config.quick else "")
     sec.code(cmd, "bash")
-    if wall_time_s is not None:
-        sec.text(f"Wall time of the run that wrote this report: {wall_time_s:.0f} s.")
+    if summary is not None and summary.wall_time_s is not None:
+        sec.text(
+            f"The run that wrote this report took {summary.wall_time_s:.0f} s "
+            f"({len(summary.computed)} parts computed, {len(summary.reused)} reused from "
+            "earlier runs)."
+        )
 
     checks = findings(results)
     if checks:
         sec = rep.section("The paper's qualitative findings, checked")
-        sec.table(
+        _table(
+            sec,
             [
                 {
                     "finding": f,
-                    "holds": "not run" if h is None else ("yes" if h else "**no**"),
+                    "holds": "undefined" if h is None else ("yes" if h else "**no**"),
                     "evidence": e,
                 }
                 for f, h, e in checks
@@ -425,7 +441,7 @@ def _bits_sweep_section(rep, config, results, paper, out):
         {"bits": r["bits"], **{k: _mean_std_cell(r, k, f) for k, f in fmts.items()}}
         for r in bs["rows"]
     ]
-    sec.table(rows, list(_BITS_SWEEP_COLUMNS))
+    _table(sec, rows, list(_BITS_SWEEP_COLUMNS))
     ref = paper.get("bits_sweep")
     if ref:
         ours = {r["bits"]: r for r in bs["rows"]}
@@ -484,7 +500,8 @@ def _interpolation_section(rep, config, results, paper, out):
         }
         for r in ip["rows"]
     ]
-    sec.table(
+    _table(
+        sec,
         rows,
         [
             "transition",
@@ -543,7 +560,8 @@ def _stopping_section(rep, config, results, paper, out):
                 "heldout_accuracy": _mean_std_cell(r, "heldout_accuracy", ".4f"),
             }
         )
-    sec.table(
+    _table(
+        sec,
         rows,
         [
             "rule",
@@ -584,7 +602,8 @@ def _stopping_section(rep, config, results, paper, out):
     if lines:
         sec.bullets(lines)
     sec.text("Every width (calibration columns decide, held-out columns judge):")
-    sec.table(
+    _table(
+        sec,
         [
             {
                 "bits": r["bits"],
@@ -642,7 +661,8 @@ def _rounding_section(rep, config, results, out):
                 "flip_rate": _mean_std_cell(r, "flip_rate", ".4f"),
             }
         )
-    sec.table(
+    _table(
+        sec,
         rows,
         [
             "bits",
@@ -688,7 +708,8 @@ def _correlation_section(rep, config, results, out):
     lo, hi = PAPER_UNSTATED_DATASET["correlation"]["pearson_r"]
     sec = rep.section("Calibration vs held-out boundary Jaccard")
     r = co["pearson_r"]
-    sec.table(
+    _table(
+        sec,
         [
             {
                 "n_variants": co["n_variants"],

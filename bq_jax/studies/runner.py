@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import io
 import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,12 +47,15 @@ class RunSummary:
     computed: list[str] = dataclasses.field(default_factory=list)
     reused: list[str] = dataclasses.field(default_factory=list)
     results: dict | None = None
+    wall_time_s: float | None = None
 
     def describe(self) -> str:
         """One line for the terminal."""
         return (
             f"wrote {os.path.join(self.out, 'results.json')} and report.md "
-            f"({len(self.computed)} parts computed, {len(self.reused)} reused)"
+            f"({len(self.computed)} parts computed, {len(self.reused)} reused"
+            + (f", {self.wall_time_s:.0f} s" if self.wall_time_s is not None else "")
+            + ")"
         )
 
 
@@ -125,6 +129,7 @@ def run(
     from bq_jax.report import write_json
     from bq_jax.studies.context import SeedContext
 
+    start = time.perf_counter()
     requested = list(STUDIES if studies is None else studies)
     for s in requested:
         if s not in STUDIES:
@@ -180,7 +185,8 @@ def run(
     from bq_jax.studies import reporting
 
     reporting.write_figures(config, results, out)
-    reporting.write_report(config, results, out)
+    summary.wall_time_s = time.perf_counter() - start
+    reporting.write_report(config, results, out, summary=summary)
     summary.results = results
     return summary
 
