@@ -4,8 +4,8 @@ them, else local implementations of the DESIGN.md definitions.
 * ``slice_grid_points(x, resolution)``: the ``R x R`` grid of the PCA slice of ``x``
   (plane ``mu + P u`` through the data mean spanned by the top two principal directions,
   over the projected data range plus 10 % padding), as input-space points ``[R*R, ...]``.
-* ``boundary_gap_penalty(logits_q, logits_f, *, temperature)``:
-  ``mean_x w(x) huber(g_Q(x) - g_F(x))``, ``g = z_a - z_b`` (float top-1 / runner-up),
+* ``boundary_gap_penalty(logits_q, logits_f, *, temperature)``: the w-weighted mean
+  ``sum_x w(x) huber(g_Q(x) - g_F(x)) / sum_x w(x)``, ``g = z_a - z_b`` (float top-1 / runner-up),
   ``w = exp(-|g_F| / T)`` (boundary-aware quantization paper).
 """
 
@@ -40,12 +40,7 @@ def _local_slice_grid_points(x, resolution: int, padding: float = 0.1):
 
 def _geometry_slice_grid_points(x, resolution: int):
     slc = _g.pca_slice(x, resolution=resolution)
-    for name in ("points", "grid_points", "grid"):
-        pts = getattr(slc, name, None)
-        if pts is not None:
-            pts = pts() if callable(pts) else pts
-            return jnp.asarray(pts).reshape(-1, *jnp.shape(x)[1:])
-    raise AttributeError("geometry.Slice exposes no grid points (points / grid_points / grid)")
+    return jnp.asarray(slc.points(flat=True)).reshape(-1, *jnp.shape(x)[1:])
 
 
 def _top2(logits_f):
@@ -64,10 +59,20 @@ def _local_boundary_gap_penalty(logits_q, logits_f, *, temperature: float = 1.0)
     gf = _gap(logits_f, a, b)
     gq = _gap(logits_q, a, b)
     w = jnp.exp(-jnp.abs(gf) / temperature)
-    return jnp.mean(w * optax.huber_loss(gq, gf))
+    return jnp.sum(w * optax.huber_loss(gq, gf)) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def _geometry_boundary_gap_penalty(logits_q, logits_f, *, temperature: float = 1.0):
+    return _g.boundary_gap_penalty(
+        logits_q, logits_f, temperature=temperature, reduction="weighted_mean"
+    )
 
 
 slice_grid_points = (
     _geometry_slice_grid_points if hasattr(_g, "pca_slice") else _local_slice_grid_points
 )
-boundary_gap_penalty = getattr(_g, "boundary_gap_penalty", _local_boundary_gap_penalty)
+boundary_gap_penalty = (
+    _geometry_boundary_gap_penalty
+    if hasattr(_g, "boundary_gap_penalty")
+    else _local_boundary_gap_penalty
+)

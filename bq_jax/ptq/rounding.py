@@ -619,9 +619,12 @@ def make_rounding_objective(
 
     * ``T``: ``KL(softmax z_F || softmax z_Q)`` (or logit MSE) on ``batch["x"]``;
     * ``R``: mean over Dense/Conv layers of ``E||y_l - y~_l||^2 / E||y_l||^2`` on ``batch["x"]``;
-    * ``G``: ``geometry.boundary_gap_penalty`` -- ``sum_x w(x) huber(g_Q(x) - g_F(x))``,
-      ``g = z_a - z_b`` (float top-1 / runner-up), ``w = exp(-|g_F| / T)`` (boundary-aware
-      quantization paper) -- on ``batch["band_x"]`` and/or ``batch["grid_x"]``.
+    * ``G``: ``geometry.boundary_gap_penalty`` with ``reduction="weighted_mean"`` --
+      ``sum_x w(x) huber(g_Q(x) - g_F(x)) / sum_x w(x)``, ``g = z_a - z_b`` (float top-1 /
+      runner-up), ``w = exp(-|g_F| / T)`` (boundary-aware quantization paper) -- on
+      ``batch["band_x"]`` and/or ``batch["grid_x"]``. The weighted mean keeps ``G`` on the
+      scale of one near-boundary point's Huber term (quantization moves gaps by ~1e-2, so
+      ``G`` is ~1e-4 and useful ``gap_weight`` values are in the hundreds).
 
     ``aux`` holds each term. The rounding regulariser is added by :func:`optimize_rounding`.
 

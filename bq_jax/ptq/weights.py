@@ -34,6 +34,7 @@ Example rule list (first and last layer at 8 bits, the rest at 4 bits)::
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -174,13 +175,15 @@ def resolve_rules(
     return out
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _quantize_leaf(w, config):
-    """Fake-quantized ``w`` and its QParams under ``config``."""
+    """Fake-quantized ``w``, its QParams and SQNR under ``config`` (compiled per shape/config)."""
     qp = quant.compute_qparams(w, config)
-    return quant.fake_quant(w, config), qp
+    wq = quant.fake_quant(w, config)
+    return wq, qp, quant.sqnr_db(w, wq)
 
 
-def _summary_row(path, w, wq, config, qp) -> dict:
+def _summary_row(path, config, qp, sqnr) -> dict:
     scale = jnp.asarray(qp.scale)
     return {
         "path": path,
@@ -191,7 +194,7 @@ def _summary_row(path, w, wq, config, qp) -> dict:
         "scale_min": float(jnp.min(scale)),
         "scale_max": float(jnp.max(scale)),
         "scale_mean": float(jnp.mean(scale)),
-        "sqnr_db": float(quant.sqnr_db(w, wq)),
+        "sqnr_db": float(sqnr),
     }
 
 
@@ -233,10 +236,10 @@ def quantize_weights(
     summary = []
     for path, config in plan.items():
         w = flat[path]
-        wq, qp = _quantize_leaf(w, config)
+        wq, qp, sqnr = _quantize_leaf(w, config)
         flat[path] = wq.astype(w.dtype)
         if return_summary:
-            summary.append(_summary_row(path, w, wq, config, qp))
+            summary.append(_summary_row(path, config, qp, sqnr))
     out = unflatten_params(flat)
     return (out, summary) if return_summary else out
 
