@@ -34,13 +34,21 @@ format here has values that small, so only the sign of a zero result can depend 
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bq_jax.quant.integer import _check_scale, _check_x, _concrete, _is_int, _with_ste
+from bq_jax.quant.integer import (
+    _check_scale,
+    _check_x,
+    _concrete,
+    _divide,
+    _is_int,
+    _ste,
+)
 
 __all__ = [
     "FLOAT_FORMATS",
@@ -185,23 +193,30 @@ def float_fake_quant(x, fmt, *, scale=1.0) -> jax.Array:
       Array([3.125e-01, 9.600e+01, 4.480e+02], dtype=float32)
     """
     name, e, m = _parse(fmt)
-    fmax = float_format_max(fmt)
     x = _check_x(x)
     s = _check_scale(scale, x.shape)
     ct = jnp.promote_types(jnp.promote_types(x.dtype, s.dtype), jnp.float32)
-    xc = x.astype(ct)
-    xs, ss = jax.lax.stop_gradient(xc), jax.lax.stop_gradient(s.astype(ct))
-    v = xs / ss
+    return _float_fake_quant_jit(
+        x, s.astype(ct), name=name, e=e, m=m, check=_concrete(scale) is None
+    )
+
+
+# One compiled program per format (also for eager calls); inlined under an outer jit.
+@functools.partial(jax.jit, static_argnames=("name", "e", "m", "check"))
+def _float_fake_quant_jit(x, s, *, name, e, m, check):
+    fmax = float_format_max(name if name is not None else (e, m))
+    xc = x.astype(s.dtype)
+    xs, ss = jax.lax.stop_gradient(xc), jax.lax.stop_gradient(s)
+    v = _divide(xs, ss)
     vc = jnp.clip(v, -fmax, fmax)
     if name is not None:
-        q = vc.astype(_NAMED_DTYPES[name]).astype(ct)
+        q = vc.astype(_NAMED_DTYPES[name]).astype(s.dtype)
         if name == "e2m1":  # no NaN encoding: keep NaN visible
             q = jnp.where(jnp.isnan(vc), vc, q)
     else:
         q = float_round(vc, e, m)
     y = q * ss
-    if _concrete(scale) is None:
+    if check:  # a traced scale could not be validated eagerly
         y = jnp.where((ss > 0) & jnp.isfinite(ss), y, jnp.nan)
-    mask = (jnp.abs(v) <= fmax).astype(ct)
-    y = _with_ste(y, xc, ss, mask, jnp.zeros_like(y))
+    y = _ste(y, xc, jnp.abs(v) <= fmax)
     return y.astype(x.dtype)

@@ -25,6 +25,7 @@ scale shows up instead of quietly producing a plausible tensor.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -52,6 +53,8 @@ SCALE_GRADS = ("none", "lsq")
 # Candidate code dtypes, smallest first.
 _SIGNED_CODES = (jnp.int8, jnp.int16, jnp.int32)
 _UNSIGNED_CODES = (jnp.uint8, jnp.uint16, jnp.int32)
+# Largest |code|: every integer up to 2^24 is exact in float32, the compute dtype.
+_MAX_CODE = 2**24
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -99,16 +102,17 @@ def _check_qrange(qmin, qmax) -> tuple[int, int]:
     qmin, qmax = int(qmin), int(qmax)
     if qmin >= qmax:
         raise ValueError(f"need qmin < qmax, got qmin={qmin}, qmax={qmax}")
-    lo, hi = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
-    if qmin < lo or qmax > hi:
+    if qmin < -_MAX_CODE or qmax > _MAX_CODE:
         raise ValueError(
-            f"qmin, qmax must lie in the int32 range [{lo}, {hi}], got [{qmin}, {qmax}]"
+            f"qmin, qmax must lie in [-2^24, 2^24] (codes exact in float32), got [{qmin}, {qmax}]"
         )
     return qmin, qmax
 
 
 def code_dtype(qmin: int, qmax: int) -> jnp.dtype:
     """Smallest integer dtype holding ``[qmin, qmax]``: int8/int16/int32 or uint8/uint16/int32.
+
+    Code ranges are limited to ``[-2^24, 2^24]`` (integers exact in float32, the compute dtype).
 
     Unsigned dtypes are used when ``qmin >= 0``.
 
@@ -121,7 +125,7 @@ def code_dtype(qmin: int, qmax: int) -> jnp.dtype:
         info = jnp.iinfo(dt)
         if info.min <= qmin and qmax <= info.max:
             return jnp.dtype(dt)
-    raise AssertionError("unreachable: the int32 range was checked")
+    raise AssertionError("unreachable: |codes| <= 2^24 fit in int32")
 
 
 # ----------------------------------------------------------------------------- layout
@@ -282,10 +286,8 @@ def _check_rounding(rounding, key) -> None:
         raise ValueError("rounding='stochastic' needs a PRNG key: pass key=jax.random.key(...)")
 
 
-def _traced_validity(s, z, qmin: int, qmax: int, concrete: bool):
-    """Elementwise validity of traced parameters (None when they were checked eagerly)."""
-    if concrete:
-        return None
+def _validity(s, z, qmin: int, qmax: int):
+    """Elementwise validity of (traced) parameters: scale finite > 0, integer zp in range."""
     zf = z.astype(s.dtype)
     return (s > 0) & jnp.isfinite(s) & (zf == jnp.round(zf)) & (zf >= qmin) & (zf <= qmax)
 
@@ -316,31 +318,59 @@ def _prepare(x, scale, zero_point, qmin, qmax, rounding, key):
     s = _check_scale(scale, x.shape)
     z = _check_zero_point(zero_point, x.shape, qmin, qmax)
     concrete = _concrete(scale) is not None and _concrete(zero_point) is not None
-    # Compute in at least float32 (codes up to 2^16 must be exact), in x's dtype if wider.
+    # Compute in at least float32 (codes up to 2^16 must be exact), in x's dtype if wider;
+    # the scale carries the compute dtype into the compiled program.
     ct = jnp.promote_types(jnp.promote_types(x.dtype, s.dtype), jnp.float32)
     return x, s.astype(ct), z, qmin, qmax, ct, concrete
 
 
+def _divide(x, s):
+    """``x / s`` as an IEEE division per element (correctly rounded, as numpy's).
+
+    XLA's algebraic simplifier rewrites a division by a broadcast operand (a per-tensor or
+    per-channel scale, also one that ``vmap`` broadcasts) into a multiplication by its
+    reciprocal, which is off by one ulp for about a third of the inputs and so rounds some
+    near-ties the other way. Dividing by ``where(isnan(x), 1, s)`` -- elementwise the same
+    divisor wherever the result is not NaN anyway -- is not a broadcast, so the division stays
+    a division; it still fuses into one loop.
+    """
+    return x / jnp.where(jnp.isnan(x), jnp.ones_like(s), s)
+
+
 def _codes(x, s, z, qmin, qmax, rounding, key):
     """Float codes ``clip(round(x / s) + zp, qmin, qmax)`` and their pieces (no gradient)."""
-    v = x / s
+    v = _divide(x, s)
     r = _round(v, rounding, key)
     code = r + z.astype(v.dtype)
     return v, r, code, jnp.clip(code, qmin, qmax)
 
 
 @jax.custom_jvp
-def _with_ste(y, x, scale, x_mask, scale_factor):
-    """Returns ``y``; its derivative is ``x_mask * dx + scale_factor * dscale``."""
+def _ste(y, x, x_mask):
+    """Returns ``y``; its derivative is ``where(x_mask, dx, 0)`` (straight-through)."""
+    del x, x_mask
+    return y
+
+
+@_ste.defjvp
+def _ste_jvp(primals, tangents):
+    y, _, x_mask = primals
+    _, dx, _ = tangents
+    return y, jnp.where(x_mask, dx, jnp.zeros_like(dx))
+
+
+@jax.custom_jvp
+def _ste_lsq(y, x, scale, x_mask, scale_factor):
+    """Returns ``y``; its derivative is ``where(x_mask, dx, 0) + scale_factor * dscale``."""
     del x, scale, x_mask, scale_factor
     return y
 
 
-@_with_ste.defjvp
-def _with_ste_jvp(primals, tangents):
+@_ste_lsq.defjvp
+def _ste_lsq_jvp(primals, tangents):
     y, _, _, x_mask, scale_factor = primals
     _, dx, dscale, _, _ = tangents
-    return y, x_mask * dx + scale_factor * dscale
+    return y, jnp.where(x_mask, dx, jnp.zeros_like(dx)) + scale_factor * dscale
 
 
 def int_fake_quant(
@@ -380,12 +410,18 @@ def int_fake_quant(
     recommends ``g = 1 / sqrt(N * qmax)`` with ``N`` the number of values sharing a scale,
     which the caller computes. ``zero_point`` never gets a gradient.
 
+    Idempotence: with ``"nearest"``, ``q(q(x)) == q(x)`` bit for bit for any scale. With
+    ``"floor"`` / ``"ceil"`` / ``"stochastic"`` that holds when grid values divide back
+    exactly (e.g. power-of-two scales); otherwise ``fl(k * s) / s`` can land one ulp off the
+    integer ``k`` and floor / ceil move it to the next grid point.
+
     Args:
       x: float array. Computed in float32 or wider; the result has the dtype of ``x``.
       scale: positive finite scale, a scalar or an array of the rank of ``x`` broadcasting
         against it (see :func:`per_channel_shape`, :func:`to_groups`).
       zero_point: integer-valued zero point in ``[qmin, qmax]``, same shapes as ``scale``.
-      qmin, qmax: integer code range (Python ints, ``qmin < qmax``), e.g. :func:`int_range`.
+      qmin, qmax: integer code range (Python ints, ``qmin < qmax``, within ``[-2^24, 2^24]``),
+        e.g. :func:`int_range`.
       rounding: one of ``ROUNDING_MODES``.
       key: PRNG key, required for ``rounding="stochastic"``.
       scale_grad: ``"none"`` or ``"lsq"``.
@@ -402,22 +438,28 @@ def int_fake_quant(
     if scale_grad not in SCALE_GRADS:
         raise ValueError(f"scale_grad must be one of {SCALE_GRADS}, got {scale_grad!r}")
     x, s, z, qmin, qmax, ct, concrete = _prepare(x, scale, zero_point, qmin, qmax, rounding, key)
-    xc = x.astype(ct)
+    g = jnp.asarray(grad_scale, ct) if scale_grad == "lsq" else None
+    key = key if rounding == "stochastic" else None
+    return _fake_quant_jit(x, s, z, key, g, qmin, qmax, rounding=rounding, check=not concrete)
+
+
+# One compiled program per shape and rounding mode, also for eager calls (qmin / qmax are
+# traced: a bit-width sweep does not recompile); inlined under an outer jit.
+@functools.partial(jax.jit, static_argnames=("rounding", "check"))
+def _fake_quant_jit(x, s, z, key, grad_scale, qmin, qmax, *, rounding, check):
+    xc = x.astype(s.dtype)
     xs, ss = jax.lax.stop_gradient(xc), jax.lax.stop_gradient(s)
     v, r, code, c = _codes(xs, ss, z, qmin, qmax, rounding, key)
-    zf = z.astype(ct)
+    zf = z.astype(s.dtype)
     y = (c - zf) * ss
-    valid = _traced_validity(ss, z, qmin, qmax, concrete)
-    if valid is not None:
-        y = jnp.where(valid, y, jnp.nan)
+    if check:  # traced parameters could not be validated eagerly
+        y = jnp.where(_validity(ss, z, qmin, qmax), y, jnp.nan)
     inside = (code >= qmin) & (code <= qmax)
-    x_mask = inside.astype(ct)
-    if scale_grad == "lsq":
-        g = jax.lax.stop_gradient(jnp.asarray(grad_scale, ct))
-        factor = jnp.where(inside, r - v, c - zf) * g
-        y = _with_ste(y, xc, s, x_mask, factor)
+    if grad_scale is not None:  # scale_grad="lsq"
+        factor = jnp.where(inside, r - v, c - zf) * jax.lax.stop_gradient(grad_scale)
+        y = _ste_lsq(y, xc, s, inside, factor)
     else:
-        y = _with_ste(y, xc, ss, x_mask, jnp.zeros_like(y))
+        y = _ste(y, xc, inside)
     return y.astype(x.dtype)
 
 
@@ -439,10 +481,16 @@ def quantize(
       >>> quantize(jnp.array([0.3, 0.75, -2.0]), 0.5, 0, qmin=-2, qmax=1)
       Array([ 1,  1, -2], dtype=int8)
     """
-    x, s, z, qmin, qmax, ct, _ = _prepare(x, scale, zero_point, qmin, qmax, rounding, key)
-    xs = jax.lax.stop_gradient(x.astype(ct))
+    x, s, z, qmin, qmax, _, _ = _prepare(x, scale, zero_point, qmin, qmax, rounding, key)
+    key = key if rounding == "stochastic" else None
+    return _quantize_jit(x, s, z, key, qmin, qmax, rounding=rounding, dtype=code_dtype(qmin, qmax))
+
+
+@functools.partial(jax.jit, static_argnames=("rounding", "dtype"))
+def _quantize_jit(x, s, z, key, qmin, qmax, *, rounding, dtype):
+    xs = jax.lax.stop_gradient(x.astype(s.dtype))
     _, _, _, c = _codes(xs, jax.lax.stop_gradient(s), z, qmin, qmax, rounding, key)
-    return c.astype(code_dtype(qmin, qmax))
+    return c.astype(dtype)
 
 
 def dequantize(codes, scale, zero_point, *, dtype=None) -> jax.Array:
