@@ -131,3 +131,37 @@ def test_fold_errors():
         ptq.fold_batch_norm(apply, v, x)
     with pytest.raises(ValueError, match="un-jitted"):
         ptq.fold_batch_norm(lambda p, x: x, v, x)
+
+
+def test_fold_project_resnet():
+    """Every (Conv, BatchNorm) pair of bq_jax's ResNet folds; outputs unchanged."""
+    from bq_jax.models import make_model
+
+    model = make_model(
+        "resnet", num_classes=5, input_shape=(8, 8, 3), stage_features=(4, 8), blocks_per_stage=1
+    )
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    rng = np.random.default_rng(3)
+
+    def leaf(path, s):
+        name = path[-1].key
+        if name == "var":
+            return jnp.asarray(rng.uniform(0.2, 3.0, size=s.shape), jnp.float32)
+        if name == "kernel":
+            return jnp.asarray(
+                rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), jnp.float32
+            )
+        return jnp.asarray(0.3 * rng.normal(size=s.shape) + (name == "scale"), jnp.float32)
+
+    v = jax.tree_util.tree_map_with_path(leaf, shapes)
+    x = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
+    fold = ptq.fold_batch_norm(model.apply_fn, v, x)
+    n_bn = sum(1 for p in ptq.flatten_params(v) if p.endswith("/mean"))
+    assert len(fold.pairs) == n_bn
+    assert all("Conv" in a and "BatchNorm" in b for a, b in fold.pairs)
+    assert fold.params["batch_stats"] == {}
+    ref = jax.jit(model.apply_fn)(v, x)
+    got = jax.jit(fold.apply_fn)(fold.params, x)
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref)))
+    )
