@@ -265,10 +265,12 @@ def quantize_weights_stack(
     """``V`` PTQ-W variants of ``params`` stacked on a leading axis, for ``geometry.sweep_labels``.
 
     Each entry of ``configs`` is a spec or a rule list as in :func:`quantize_weights`
-    (e.g. bit widths 2-8, several range methods). Configs that differ only in ``bits``
-    (same format, granularity, symmetry, range method) share one compiled quantizer per leaf
-    shape; the others are compiled once per distinct config. Leaves left in float are
-    repeated along the variant axis so that every leaf has the leading axis ``V``.
+    (e.g. bit widths 2-8, several range methods). Each leaf is quantized by one jitted
+    function with the config static, so every distinct (config, leaf shape) pair compiles once
+    and is reused across calls; the variants are then stacked. (Bit width, code range and
+    range method are static in ``QuantConfig``, so variants cannot share one vmapped trace.)
+    Leaves left in float are repeated along the variant axis so that every leaf has the
+    leading axis ``V``.
 
     Args:
       params: flax variables dict.
