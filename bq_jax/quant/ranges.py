@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate, optimize
 
-from bq_jax.quant import floating as _floating
-from bq_jax.quant import integer as _integer
+from bq_jax.quant.floating import float_fake_quant, float_format_max
+from bq_jax.quant.integer import int_fake_quant, int_range
 
 __all__ = [
     "RANGE_METHODS",
@@ -97,79 +97,6 @@ class QParams:
 def _check_bits(bits) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an int in [2, 16], got {bits!r}")
-
-
-def _int_range(bits: int, *, symmetric: bool, narrow: bool) -> tuple[int, int]:
-    """Integer code range: signed ``[-2^(b-1), 2^(b-1)-1]`` or unsigned ``[0, 2^b-1]``.
-
-    ``narrow`` drops the lowest code: ``[-(2^(b-1)-1), 2^(b-1)-1]`` resp. ``[1, 2^b-1]``.
-    """
-    fn = getattr(_integer, "int_range", None)
-    if fn is not None:
-        return fn(bits, symmetric=symmetric, narrow=narrow)
-    _check_bits(bits)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        return (-qmax if narrow else -qmax - 1), qmax
-    return (1 if narrow else 0), 2**bits - 1
-
-
-def _round(v, rounding: str, key):
-    if rounding == "nearest":
-        return jnp.round(v)
-    if rounding == "floor":
-        return jnp.floor(v)
-    if rounding == "ceil":
-        return jnp.ceil(v)
-    return jnp.floor(v + jax.random.uniform(key, v.shape, v.dtype))
-
-
-def _int_fake_quant(x, scale, zero_point, *, qmin, qmax, rounding="nearest", key=None):
-    """``(clip(round(x / scale) + zp, qmin, qmax) - zp) * scale``, straight-through gradient."""
-    fn = getattr(_integer, "int_fake_quant", None)
-    if fn is not None:
-        return fn(x, scale, zero_point, qmin=qmin, qmax=qmax, rounding=rounding, key=key)
-    zp = jnp.asarray(zero_point).astype(x.dtype)
-    code = _round(x / scale, rounding, key) + zp
-    inside = ((code >= qmin) & (code <= qmax)).astype(x.dtype)
-    y = (jnp.clip(code, qmin, qmax) - zp) * scale
-    # Straight-through: forward y, gradient 1 inside the clip range, 0 outside.
-    return jax.lax.stop_gradient(y) + (x - jax.lax.stop_gradient(x)) * inside
-
-
-def _int_codes(x, scale, zero_point, *, qmin, qmax, rounding="nearest", key=None):
-    """int32 codes ``clip(round(x / scale) + zp, qmin, qmax)``."""
-    fn = getattr(_integer, "quantize", None)
-    if fn is not None:
-        return fn(x, scale, zero_point, qmin=qmin, qmax=qmax, rounding=rounding, key=key)
-    zp = jnp.asarray(zero_point).astype(x.dtype)
-    return jnp.clip(_round(x / scale, rounding, key) + zp, qmin, qmax).astype(jnp.int32)
-
-
-def _float_dtype(fmt):
-    dtypes = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2, "e2m1": jnp.float4_e2m1fn}
-    if not isinstance(fmt, str) or fmt not in dtypes:
-        raise NotImplementedError(f"fmt={fmt!r} needs bq_jax.quant.floating.float_fake_quant")
-    return dtypes[fmt]
-
-
-def _float_format_max(fmt) -> float:
-    """Largest finite value of a floating-point format."""
-    fn = getattr(_floating, "float_format_max", None)
-    if fn is not None:
-        return float(fn(fmt))
-    return float(jnp.finfo(_float_dtype(fmt)).max)
-
-
-def _float_fake_quant(x, fmt, *, scale=1.0):
-    """``cast(clip(x / scale, -max, max), fmt) * scale``, straight-through gradient."""
-    fn = getattr(_floating, "float_fake_quant", None)
-    if fn is not None:
-        return fn(x, fmt, scale=scale)
-    fmax = _float_format_max(fmt)
-    v = jnp.clip(x / scale, -fmax, fmax)
-    y = v.astype(_float_dtype(fmt)).astype(x.dtype) * scale
-    return jax.lax.stop_gradient(y) + (x - jax.lax.stop_gradient(x))
 
 
 def _as_float(x, name: str = "x") -> jax.Array:
@@ -467,9 +394,9 @@ def mse(
     if isinstance(fmt, list):
         fmt = tuple(fmt)
     if fmt == "int":
-        qrange = _int_range(bits, symmetric=symmetric, narrow=narrow)
+        qrange = int_range(bits, symmetric=symmetric, narrow=narrow)
     else:
-        _float_format_max(fmt)  # validates the format
+        float_format_max(fmt)  # validates the format
         qrange = None
     return _mse_jit(x, axes, qrange, bool(symmetric), num_candidates, fmt)
 
@@ -484,16 +411,16 @@ def _mse_jit(x, axes, qrange, symmetric: bool, n: int, fmt) -> ClipRange:
             qp = qparams_from_range(
                 base.lo * ratio, base.hi * ratio, qmin=qmin, qmax=qmax, symmetric=symmetric
             )
-            return _int_fake_quant(x, qp.scale, qp.zero_point, qmin=qmin, qmax=qmax)
+            return int_fake_quant(x, qp.scale, qp.zero_point, qmin=qmin, qmax=qmax)
 
     else:
-        fmax = _float_format_max(fmt)
+        fmax = float_format_max(fmt)
         base = minmax(x, reduce_axes=axes, symmetric=True)
         floor = _scale_floor(x.dtype)
 
         def quant(ratio):
             scale = jnp.maximum(base.hi * ratio / fmax, floor)
-            return _float_fake_quant(x, fmt, scale=scale)
+            return float_fake_quant(x, fmt, scale=scale)
 
     def error(ratio):
         return jnp.mean(jnp.square(x - quant(ratio)), axis=axes, keepdims=True)
@@ -690,7 +617,7 @@ def _round_half_even(v: float) -> int:
 
 def _grid(c: float, bits: int, symmetric: bool, narrow: bool) -> tuple[np.ndarray, float]:
     """Reconstruction levels (ascending) and step of the integer grid for the range [-c, c]."""
-    qmin, qmax = _int_range(bits, symmetric=symmetric, narrow=narrow)
+    qmin, qmax = int_range(bits, symmetric=symmetric, narrow=narrow)
     if symmetric:
         s, zp = c / qmax, 0
     else:  # the float64 mirror of qparams_from_range for lo = -c, hi = c
