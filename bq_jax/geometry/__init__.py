@@ -1,0 +1,96 @@
+"""Decision geometry of classifiers: slices, vmapped grid sweeps, boundary metrics, surrogates.
+
+Only ``apply_fn(params, x) -> logits`` is known about a model, so everything here works for any
+JAX classifier (flax, haiku, plain functions, models quantized by other libraries). Imports
+nothing else of bq_jax.
+
+* :mod:`~bq_jax.geometry.slices`: :class:`Slice` (plane ``x(u) = mu + P u`` and an R x R grid),
+  :func:`pca_slice`, :func:`random_slice`, :func:`points_slice`, :func:`stack_slices`.
+* :mod:`~bq_jax.geometry.sweep`: :func:`sweep_logits`, :func:`sweep_labels` (V variants x
+  R x R points in one jitted, chunked call), :func:`evaluate_logits`.
+* :mod:`~bq_jax.geometry.metrics`: :func:`boundary_mask`, :func:`boundary_jaccard`,
+  :func:`grid_change`, :func:`triple_junctions`, :func:`flip_rate`, :func:`margin`,
+  :func:`boundary_band`, :func:`band_flip_rate`, :func:`pair_order_flip`.
+* :mod:`~bq_jax.geometry.local`: :func:`margin_radius`, :func:`boundary_displacement`,
+  :func:`normal_variation`, :func:`median_local_shift`.
+* :mod:`~bq_jax.geometry.compare`: :func:`compare` (all metrics per variant, one call).
+* :mod:`~bq_jax.geometry.surrogates`: :func:`soft_boundary_mask`, :func:`soft_jaccard`,
+  :func:`boundary_gap_penalty`.
+"""
+
+from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_records
+from bq_jax.geometry.local import (
+    GRAD_TOL,
+    MarginRadius,
+    boundary_displacement,
+    margin_radius,
+    median_local_shift,
+    normal_variation,
+)
+from bq_jax.geometry.metrics import (
+    band_flip_rate,
+    band_threshold,
+    boundary_band,
+    boundary_jaccard,
+    boundary_mask,
+    flip_rate,
+    grid_change,
+    margin,
+    masked_mean,
+    masked_median,
+    pair_gap,
+    pair_order_flip,
+    top2,
+    triple_junction_count,
+    triple_junctions,
+)
+from bq_jax.geometry.slices import Slice, pca_slice, points_slice, random_slice, stack_slices
+from bq_jax.geometry.surrogates import boundary_gap_penalty, huber, soft_boundary_mask, soft_jaccard
+from bq_jax.geometry.sweep import (
+    default_chunk_size,
+    evaluate_logits,
+    num_variants,
+    sweep_labels,
+    sweep_logits,
+)
+
+__all__ = [
+    "COMPARE_KEYS",
+    "GRAD_TOL",
+    "MarginRadius",
+    "Slice",
+    "band_flip_rate",
+    "band_threshold",
+    "boundary_band",
+    "boundary_displacement",
+    "boundary_gap_penalty",
+    "boundary_jaccard",
+    "boundary_mask",
+    "compare",
+    "compare_records",
+    "default_chunk_size",
+    "evaluate_logits",
+    "flip_rate",
+    "grid_change",
+    "huber",
+    "margin",
+    "margin_radius",
+    "masked_mean",
+    "masked_median",
+    "median_local_shift",
+    "normal_variation",
+    "num_variants",
+    "pair_gap",
+    "pair_order_flip",
+    "pca_slice",
+    "points_slice",
+    "random_slice",
+    "soft_boundary_mask",
+    "soft_jaccard",
+    "stack_slices",
+    "sweep_labels",
+    "sweep_logits",
+    "top2",
+    "triple_junction_count",
+    "triple_junctions",
+]
