@@ -1,0 +1,237 @@
+"""One call that measures how each parameter variant moved the float model's decision geometry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bq_jax.geometry import metrics as M
+from bq_jax.geometry.local import GRAD_TOL, _variant_local_jit, margin_radius
+from bq_jax.geometry.slices import Slice
+from bq_jax.geometry.sweep import _check_chunk, evaluate_logits, num_variants, sweep_labels
+
+__all__ = ["COMPARE_KEYS", "compare", "compare_records"]
+
+#: Keys of :func:`compare`'s result (each a numpy array with one entry per variant).
+COMPARE_KEYS = (
+    "flip_rate",
+    "boundary_jaccard",
+    "grid_change",
+    "triple_junctions",
+    "triple_junctions_float",
+    "band_flip_rate",
+    "pair_order_flip",
+    "median_local_shift",
+    "normal_variation",
+    "normal_variation_mean",
+    "margin_radius_median",
+    "margin_radius_float_median",
+    "zero_gradient",
+    "zero_gradient_float",
+    "band_size",
+    "band_tau",
+    "heldout_size",
+    "resolution",
+    "tolerance",
+)
+
+
+def _stack1(params):
+    return jax.tree.map(lambda l: jnp.expand_dims(jnp.asarray(l), 0), params)
+
+
+def _check_pair(params_float, params_variants) -> int:
+    v = num_variants(params_variants)
+    sf = jax.tree.structure(params_float)
+    sv = jax.tree.structure(params_variants)
+    if sf != sv:
+        raise ValueError(
+            "params_variants must have the tree structure of params_float (with a leading "
+            f"variant axis on every leaf); got {sv} vs {sf}"
+        )
+    for lf, lv in zip(jax.tree.leaves(params_float), jax.tree.leaves(params_variants), strict=True):
+        if np.shape(lv)[1:] != np.shape(lf):
+            raise ValueError(
+                f"a params_variants leaf has shape {np.shape(lv)}, expected (V, *{np.shape(lf)}) "
+                "to match params_float"
+            )
+    return v
+
+
+def compare(
+    apply_fn: Callable,
+    params_float,
+    params_variants,
+    slc: Slice,
+    heldout_x,
+    calibration_x,
+    *,
+    band_quantile: float = 0.1,
+    tolerance: int = 0,
+    chunk_size: int | None = None,
+    variant_batching: str = "auto",
+    grad_tol: float = GRAD_TOL,
+    return_maps: bool = False,
+) -> dict[str, np.ndarray]:
+    """All decision-geometry metrics of V parameter variants against the float model.
+
+    Slice metrics use the label maps of both models on ``slc``; point metrics use the
+    held-out inputs; the boundary band is the held-out points with ``|m_F| <= tau``, ``tau``
+    the ``band_quantile`` quantile of the float margins on ``calibration_x``
+    (:func:`~bq_jax.geometry.boundary_band`). Local radii and normals are full-space
+    (gradients in the whole input space) at the band points; points where either model's
+    margin gradient is zero are left out of ``median_local_shift`` and ``normal_variation``
+    and counted in ``zero_gradient`` / ``zero_gradient_float``.
+
+    Result keys (numpy arrays of shape [V], i.e. one entry per variant; per-model constants
+    such as ``triple_junctions_float`` are repeated):
+
+    * ``flip_rate``: held-out flip rate vs the float model.
+    * ``boundary_jaccard``: boundary Jaccard distance on the slice (at ``tolerance``).
+    * ``grid_change``: fraction of grid points whose label changed.
+    * ``triple_junctions`` / ``triple_junctions_float``: triple-junction cell counts (int).
+    * ``band_flip_rate``: flip rate on the band.
+    * ``pair_order_flip``: band fraction where ``sign(z_a - z_b)`` changed.
+    * ``median_local_shift``: ``median |r_Q - r_F|`` over the band.
+    * ``normal_variation``: MEDIAN of ``1 - <n_F, n_Q>`` over the band;
+      ``normal_variation_mean`` its mean.
+    * ``margin_radius_median`` / ``margin_radius_float_median``: median radius over the band.
+    * ``zero_gradient`` / ``zero_gradient_float``: band points with a zero margin gradient (int).
+    * ``band_size`` (int), ``band_tau``, ``heldout_size`` (int), ``resolution`` (int),
+      ``tolerance`` (int): the settings behind the numbers.
+    * with ``return_maps``: ``labels`` int32[V, R, R] and ``labels_float`` int32[R, R].
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits`` (pass the same object each call: the
+            jitted evaluations are cached on it).
+        params_float: the float model's parameters.
+        params_variants: pytree of the same structure, every leaf with a leading axis V.
+        slc: a single :class:`~bq_jax.geometry.Slice` (e.g. :func:`pca_slice`).
+        heldout_x: held-out inputs ``[N, *input_shape]``.
+        calibration_x: calibration inputs (band threshold only).
+        band_quantile: q of the band threshold, in (0, 1].
+        tolerance: boundary Jaccard tolerance in cells.
+        chunk_size, variant_batching: as in :func:`~bq_jax.geometry.sweep_labels`.
+        grad_tol: gradient norms at or below this are zero.
+        return_maps: also return the label maps.
+
+    Returns:
+        dict of numpy arrays (see above); :func:`compare_records` turns it into JSON rows.
+
+    Raises:
+        ValueError: mismatched parameter trees, NaN/inf logits (naming the variants), a
+            stacked slice, or an empty boundary band.
+
+    Example:
+        >>> res = compare(apply_fn, params, stack, pca_slice(x_train, resolution=256),
+        ...               x_test, x_cal)  # doctest: +SKIP
+        >>> res["boundary_jaccard"]  # doctest: +SKIP
+        array([0.43, 0.97], dtype=float32)
+    """
+    if not isinstance(slc, Slice) or slc.stacked:
+        raise TypeError("compare needs a single Slice (not a stack or list of slices)")
+    v = _check_pair(params_float, params_variants)
+    stack_f = _stack1(params_float)
+    kw = dict(chunk_size=chunk_size, variant_batching=variant_batching)
+
+    # slice metrics
+    labels_f = sweep_labels(apply_fn, stack_f, slc, **kw)[0]
+    labels_q = sweep_labels(apply_fn, params_variants, slc, **kw)
+    mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
+
+    # held-out metrics
+    heldout_x = jnp.asarray(heldout_x, jnp.float32)
+    calibration_x = jnp.asarray(calibration_x, jnp.float32)
+    for name, arr in (("heldout_x", heldout_x), ("calibration_x", calibration_x)):
+        if arr.shape[1:] != slc.input_shape:
+            raise ValueError(
+                f"{name} must be [N, *{slc.input_shape}] like the slice's inputs, got {arr.shape}"
+            )
+    zf = evaluate_logits(apply_fn, stack_f, heldout_x, **kw)[0]
+    zq = evaluate_logits(apply_fn, params_variants, heldout_x, **kw)
+    zc = evaluate_logits(apply_fn, stack_f, calibration_x, **kw)[0]
+    a, _ = M.top2(zf)
+    mf = M.margin(zf, a)
+    mc = M.margin(zc, jnp.argmax(zc, axis=-1))
+    tau = M.band_threshold(mc, quantile=band_quantile)
+    band = np.asarray(jnp.abs(mf) <= tau)
+    if not band.any():
+        raise ValueError(
+            f"the boundary band is empty: no held-out point has |m_F| <= tau = {float(tau):.4g} "
+            f"(calibration quantile {band_quantile}); use a larger band_quantile"
+        )
+
+    # local geometry at the band points
+    xb = heldout_x[band]
+    ab = a[band]
+    chunk = _check_chunk(chunk_size, math.prod(slc.input_shape))
+    rf = margin_radius(
+        apply_fn, params_float, xb, float_top=ab, grad_tol=grad_tol, chunk_size=chunk
+    )
+    r_q, _, _, zero_q, cos = _variant_local_jit(
+        params_variants, xb, ab, rf.normal, jnp.float32(grad_tol), apply_fn=apply_fn, chunk=chunk
+    )
+    valid = ~zero_q & jnp.expand_dims(~rf.zero_gradient, 0)
+    delta = r_q - jnp.expand_dims(rf.radius, 0)
+
+    def rep(x, dtype):
+        return np.full((v,), np.asarray(x), dtype)
+
+    out = {
+        "flip_rate": M.flip_rate(zf, zq),
+        "boundary_jaccard": M.boundary_jaccard(mask_f, mask_q, tolerance=tolerance),
+        "grid_change": M.grid_change(labels_f, labels_q),
+        "triple_junctions": M.triple_junction_count(labels_q),
+        "triple_junctions_float": rep(M.triple_junction_count(labels_f), np.int64),
+        "band_flip_rate": M.band_flip_rate(zf, zq, band),
+        "pair_order_flip": M.pair_order_flip(zf, zq, band),
+        "median_local_shift": M.masked_median(jnp.abs(delta), valid),
+        "normal_variation": M.masked_median(1.0 - cos, valid),
+        "normal_variation_mean": M.masked_mean(1.0 - cos, valid),
+        "margin_radius_median": M.masked_median(r_q, ~zero_q),
+        "margin_radius_float_median": rep(
+            M.masked_median(rf.radius, ~rf.zero_gradient), np.float32
+        ),
+        "zero_gradient": jnp.sum(zero_q, axis=-1),
+        "zero_gradient_float": rep(rf.zero_gradient_count, np.int64),
+        "band_size": rep(int(band.sum()), np.int64),
+        "band_tau": rep(tau, np.float32),
+        "heldout_size": rep(heldout_x.shape[0], np.int64),
+        "resolution": rep(slc.resolution, np.int64),
+        "tolerance": rep(tolerance, np.int64),
+    }
+    ints = {"triple_junctions", "zero_gradient"}
+    out = {k: np.asarray(x, np.int64 if k in ints else None).reshape(v) for k, x in out.items()}
+    if return_maps:
+        out["labels"] = np.asarray(labels_q)
+        out["labels_float"] = np.asarray(labels_f)
+    return out
+
+
+def compare_records(result: dict[str, np.ndarray]) -> list[dict[str, float | int]]:
+    """Per-variant rows of Python ``int``/``float`` (JSON-ready) from a :func:`compare` result.
+
+    Label maps (``labels``, ``labels_float``) are left out; NaN becomes ``None``.
+
+    Example:
+        >>> rows = compare_records(compare(...))  # doctest: +SKIP
+        >>> rows[0]["boundary_jaccard"]  # doctest: +SKIP
+        0.428
+    """
+    keys = [k for k in result if k not in ("labels", "labels_float")]
+    v = len(np.asarray(result[keys[0]]))
+    rows = []
+    for i in range(v):
+        row = {}
+        for k in keys:
+            x = np.asarray(result[k])[i]
+            if np.issubdtype(x.dtype, np.integer):
+                row[k] = int(x)
+            else:
+                row[k] = None if not np.isfinite(x) else float(x)
+        rows.append(row)
+    return rows
