@@ -84,8 +84,8 @@ class QParams:
 
     scale: jax.Array  # float, > 0 everywhere
     zero_point: jax.Array  # int32, in [qmin, qmax]; 0 for symmetric quantization
-    qmin: int  # smallest integer code
-    qmax: int  # largest integer code
+    qmin: int | None  # smallest integer code (None for floating-point formats)
+    qmax: int | None  # largest integer code (None for floating-point formats)
 
     def __iter__(self):
         return iter((self.scale, self.zero_point, self.qmin, self.qmax))
