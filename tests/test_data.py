@@ -97,7 +97,7 @@ def test_digits_test_split_is_sklearns_stratified_quarter(digits):
     # The held-out set does not depend on the training seed; the calibration draw does.
     other = load_dataset("digits", seed=1)
     np.testing.assert_array_equal(other.indices["test"], digits.indices["test"])
-    np.testing.assert_array_equal(other.x_test.shape, digits.x_test.shape)
+    np.testing.assert_array_equal(other.y_test, digits.y_test)
     assert not np.array_equal(other.indices["calibration"], digits.indices["calibration"])
 
 
@@ -570,3 +570,36 @@ def test_batch_helpers_reject_bad_input():
         batches(np.zeros((3, 1)), np.zeros(3), 4, drop_last=True)
     with pytest.raises(ValueError, match="same number of examples"):
         batches(np.zeros((3, 1)), np.zeros(4), 2)
+
+
+# ------------------------------------------------------- smoke: one epoch on each data set
+# Narrow versions of the matching architectures: the test is about data meeting the models.
+SMOKE_MODELS = {
+    "digits": ("mlp", {"width": 16}),
+    "mnist": ("cnn", {"features": (4, 8), "dense": 16}),
+    "fashion_mnist": ("cnn", {"features": (4, 8), "dense": 16}),
+    "cifar10": ("resnet", {"stage_features": (4, 8)}),
+}
+
+
+@pytest.mark.parametrize("name", list(SMOKE_MODELS))
+def test_one_epoch_training_smoke(name):
+    """The data feed the real models and trainer: one tiny epoch, finite loss, logits [N, K]."""
+    from bq_jax.models import make_model
+    from bq_jax.train import TrainConfig, train_with_history
+
+    if name == "digits":
+        data = load_dataset(name, subset=(6, 3), calibration_size=20)
+    else:
+        data = _load_mock(name, num_examples=48, calibration_size=16)
+    model_name, hyper = SMOKE_MODELS[name]
+    model = make_model(
+        model_name, num_classes=data.num_classes, input_shape=data.input_shape, **hyper
+    )
+    config = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3, eval_every=0)
+    variables, history = train_with_history(model, data, config, jax.random.key(0), progress=False)
+    assert history["epoch"] == [1] and history["steps_per_epoch"] == data.sizes["train"] // 16
+    assert np.isfinite(history["train_loss"]).all()
+    logits = np.asarray(jax.jit(model.apply_fn)(variables, data.x_test))
+    assert logits.shape == (data.sizes["test"], data.num_classes)
+    assert np.isfinite(logits).all()

@@ -1,0 +1,62 @@
+"""Float training with optax, checkpoints, and cached trained classifiers.
+
+* :class:`TrainConfig` and :func:`default_train_config` (per data set).
+* :func:`train` / :func:`train_with_history`: one jitted ``step(state, batch)``, epochs
+  shuffled with ``fold_in(key, epoch)``, monitoring on the calibration split only.
+* :func:`accuracy`: batched, jitted top-1 accuracy of any ``apply_fn``.
+* :func:`save_checkpoint` / :func:`load_checkpoint`: atomic msgpack files that store the
+  model description, training settings and data fingerprint, and refuse mismatches.
+* :func:`trained_classifier`: train once per (data set, model, settings, seed, data) and reuse.
+"""
+
+from bq_jax.train.cache import checkpoint_path, default_cache_dir, trained_classifier
+from bq_jax.train.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMismatchError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from bq_jax.train.config import (
+    DEFAULT_MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    default_train_config,
+)
+from bq_jax.train.loop import (
+    NonFiniteLossError,
+    TrainState,
+    accuracy,
+    augment_images,
+    cross_entropy,
+    make_optimizer,
+    make_train_step,
+    train,
+    train_with_history,
+)
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "checkpoint_path",
+    "default_cache_dir",
+    "load_checkpoint",
+    "save_checkpoint",
+    "trained_classifier",
+    "DEFAULT_MODELS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainState",
+    "accuracy",
+    "augment_images",
+    "cross_entropy",
+    "default_train_config",
+    "make_optimizer",
+    "make_train_step",
+    "train",
+    "train_with_history",
+]
