@@ -194,7 +194,7 @@ def test_nan_logits_raise_naming_the_variants(setup):
     broken = dict(variants[1], w2=variants[1]["w2"].at[0, 0].set(jnp.nan))
     params = stack([variants[0], broken, variants[2]])
     for fn in (G.sweep_labels, G.sweep_logits):
-        with pytest.raises(ValueError, match=r"NaN or inf logits on the slice grid for variant 1 "):
+        with pytest.raises(ValueError, match=r"NaN or inf logits on the slice grid for variant 1;"):
             fn(mlp, params, slc)
     with pytest.raises(ValueError, match="variant 1"):
         G.evaluate_logits(mlp, params, x)

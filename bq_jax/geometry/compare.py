@@ -12,7 +12,14 @@ import numpy as np
 from bq_jax.geometry import metrics as M
 from bq_jax.geometry.local import GRAD_TOL, _variant_local_jit, margin_radius
 from bq_jax.geometry.slices import Slice
-from bq_jax.geometry.sweep import _check_chunk, evaluate_logits, num_variants, sweep_labels
+from bq_jax.geometry.sweep import (
+    _check_chunk,
+    _run_eval,
+    _run_sweep,
+    evaluate_logits,
+    num_variants,
+    sweep_labels,
+)
 
 __all__ = ["COMPARE_KEYS", "compare", "compare_records"]
 
@@ -42,6 +49,23 @@ COMPARE_KEYS = (
 
 def _stack1(params):
     return jax.tree.map(lambda l: jnp.expand_dims(jnp.asarray(l), 0), params)
+
+
+def _float_name(v: int) -> str:
+    return "the float model (params_float)"
+
+
+def _both_names(v: int) -> str:
+    return _float_name(v) if v == 0 else f"variant {v - 1}"
+
+
+def _same_dtypes(params_float, params_variants) -> bool:
+    return all(
+        jnp.result_type(f) == jnp.result_type(q)
+        for f, q in zip(
+            jax.tree.leaves(params_float), jax.tree.leaves(params_variants), strict=True
+        )
+    )
 
 
 def _check_pair(params_float, params_variants) -> int:
@@ -135,25 +159,36 @@ def compare(
     if not isinstance(slc, Slice) or slc.stacked:
         raise TypeError("compare needs a single Slice (not a stack or list of slices)")
     v = _check_pair(params_float, params_variants)
-    stack_f = _stack1(params_float)
     kw = dict(chunk_size=chunk_size, variant_batching=variant_batching)
-
-    # slice metrics
-    labels_f = sweep_labels(apply_fn, stack_f, slc, **kw)[0]
-    labels_q = sweep_labels(apply_fn, params_variants, slc, **kw)
-    mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
-
-    # held-out metrics
     heldout_x = jnp.asarray(heldout_x, jnp.float32)
     calibration_x = jnp.asarray(calibration_x, jnp.float32)
     for name, arr in (("heldout_x", heldout_x), ("calibration_x", calibration_x)):
-        if arr.shape[1:] != slc.input_shape:
+        if arr.ndim < 2 or arr.shape[0] < 1 or arr.shape[1:] != slc.input_shape:
             raise ValueError(
-                f"{name} must be [N, *{slc.input_shape}] like the slice's inputs, got {arr.shape}"
+                f"{name} must be a non-empty batch [N, *{slc.input_shape}] like the slice's "
+                f"inputs, got {arr.shape}"
             )
-    zf = evaluate_logits(apply_fn, stack_f, heldout_x, **kw)[0]
-    zq = evaluate_logits(apply_fn, params_variants, heldout_x, **kw)
-    zc = evaluate_logits(apply_fn, stack_f, calibration_x, **kw)[0]
+    n_h = heldout_x.shape[0]
+    points = jnp.concatenate([heldout_x, calibration_x])
+    stack_f = _stack1(params_float)
+    if _same_dtypes(params_float, params_variants):
+        # one stack [float, variants...]: one compiled sweep and one evaluation for all models
+        both = jax.tree.map(lambda f, q: jnp.concatenate([f, q]), stack_f, params_variants)
+        names = _both_names
+        labels = _run_sweep(apply_fn, both, slc, chunk_size, variant_batching, True, True, names)
+        labels_f, labels_q = labels[0], labels[1:]
+        z = _run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names)
+        zf, zq, zc = z[0, :n_h], z[1:, :n_h], z[0, n_h:]
+    else:
+        labels_f = _run_sweep(
+            apply_fn, stack_f, slc, chunk_size, variant_batching, True, True, _float_name
+        )[0]
+        labels_q = sweep_labels(apply_fn, params_variants, slc, **kw)
+        z = _run_eval(apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name)[0]
+        zf, zc = z[:n_h], z[n_h:]
+        zq = evaluate_logits(apply_fn, params_variants, heldout_x, **kw)
+    mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
+
     a, _ = M.top2(zf)
     mf = M.margin(zf, a)
     mc = M.margin(zc, jnp.argmax(zc, axis=-1))

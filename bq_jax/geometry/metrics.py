@@ -7,10 +7,14 @@ in the :class:`bq_jax.geometry.Slice` grid convention: ``labels[..., i, j]``, co
 along the slice's first axis, row ``i`` along its second.
 
 Arguments of two-map functions may differ in leading axes only by missing leading axes
-(``float_map[R, R]`` against ``variant_maps[V, R, R]``); they are aligned explicitly.
+(``float_map[R, R]`` against ``variant_maps[V, R, R]``); they are aligned explicitly. Every
+public function is ``jax.jit``-compiled (integer options such as ``tolerance`` static), so an
+eager call compiles once per shape and composes with ``vmap``/``jit``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +63,7 @@ def _check_grid(labels, name: str) -> jax.Array:
 # -- grid metrics ------------------------------------------------------------------------------
 
 
+@jax.jit
 def boundary_mask(labels) -> jax.Array:
     """bool[..., R, R]: grid points whose label differs from the right or lower neighbour.
 
@@ -94,6 +99,7 @@ def _dilate(mask: jax.Array, d: int) -> jax.Array:
     return out > 0
 
 
+@functools.partial(jax.jit, static_argnames="tolerance")
 def boundary_jaccard(mask_a, mask_b, *, tolerance: int = 0) -> jax.Array:
     """Boundary Jaccard distance ``1 - |A and B| / |A or B|`` of two boundary masks.
 
@@ -149,6 +155,7 @@ def boundary_jaccard(mask_a, mask_b, *, tolerance: int = 0) -> jax.Array:
     return jnp.where(union > 0, 1.0 - inter / safe, 0.0)
 
 
+@jax.jit
 def grid_change(labels_a, labels_b) -> jax.Array:
     """float32[...]: fraction of grid points whose label differs, ``mean_{i,j} [L_a != L_b]``.
 
@@ -168,6 +175,7 @@ def grid_change(labels_a, labels_b) -> jax.Array:
     return jnp.mean(a != b, axis=(-2, -1), dtype=jnp.float32)
 
 
+@jax.jit
 def triple_junctions(labels) -> jax.Array:
     """bool[..., R-1, R-1]: 2x2 blocks of grid points carrying at least 3 distinct labels.
 
@@ -192,6 +200,7 @@ def triple_junctions(labels) -> jax.Array:
     return distinct >= 3
 
 
+@jax.jit
 def triple_junction_count(labels) -> jax.Array:
     """int32[...]: number of triple-junction cells, ``sum triple_junctions(labels)``."""
     return jnp.sum(triple_junctions(labels), axis=(-2, -1), dtype=jnp.int32)
@@ -213,6 +222,7 @@ def _as_labels(x, name: str) -> jax.Array:
     return x
 
 
+@jax.jit
 def flip_rate(a, b) -> jax.Array:
     """float32[...]: fraction of inputs whose predicted label differs, ``mean_n [y_a != y_b]``.
 
@@ -250,6 +260,7 @@ def _broadcast_index(idx, logits: jax.Array, name: str) -> jax.Array:
     return jnp.broadcast_to(idx.reshape((1,) * (len(lead) - idx.ndim) + idx.shape), lead)
 
 
+@jax.jit
 def margin(logits, float_top) -> jax.Array:
     """float[...]: ``m(x) = z_a(x) - max_{k != a} z_k(x)`` with ``a`` the float model's top class.
 
@@ -267,11 +278,12 @@ def margin(logits, float_top) -> jax.Array:
     z = _check_logits(logits)
     a = _broadcast_index(float_top, z, "float_top")
     k = z.shape[-1]
-    is_a = jnp.arange(k) == jnp.expand_dims(a, -1)
+    is_a = jnp.arange(k).reshape((1,) * a.ndim + (k,)) == jnp.expand_dims(a, -1)
     other = jnp.max(jnp.where(is_a, -jnp.inf, z), axis=-1)
     return _take(z, a) - other
 
 
+@jax.jit
 def top2(logits_float) -> tuple[jax.Array, jax.Array]:
     """``(a, b)`` int32[...]: the float model's top class and runner-up (ties: lower index)."""
     z = _check_logits(logits_float, "logits_float")
@@ -279,12 +291,14 @@ def top2(logits_float) -> tuple[jax.Array, jax.Array]:
     return idx[..., 0].astype(jnp.int32), idx[..., 1].astype(jnp.int32)
 
 
+@jax.jit
 def pair_gap(logits, a, b) -> jax.Array:
     """float[...]: ``g(x) = z_a(x) - z_b(x)`` for given classes ``a``, ``b`` (e.g. :func:`top2`)."""
     z = _check_logits(logits)
     return _take(z, _broadcast_index(a, z, "a")) - _take(z, _broadcast_index(b, z, "b"))
 
 
+@functools.partial(jax.jit, static_argnames="quantile")
 def band_threshold(margins_float_calibration, *, quantile: float = 0.1) -> jax.Array:
     """``tau = quantile_q |m_F(calibration)|`` (linear interpolation, ``jnp.quantile``)."""
     if not 0.0 < float(quantile) <= 1.0:
@@ -295,6 +309,7 @@ def band_threshold(margins_float_calibration, *, quantile: float = 0.1) -> jax.A
     return jnp.quantile(jnp.abs(m), quantile)
 
 
+@functools.partial(jax.jit, static_argnames="quantile")
 def boundary_band(
     margins_float_heldout, margins_float_calibration, *, quantile: float = 0.1
 ) -> jax.Array:
@@ -311,6 +326,7 @@ def boundary_band(
     return jnp.abs(jnp.asarray(margins_float_heldout)) <= tau
 
 
+@jax.jit
 def masked_mean(values, mask) -> jax.Array:
     """float32[...]: mean of ``values[..., N]`` over ``mask[N]``; NaN where the mask is empty."""
     v, m = _align(jnp.asarray(values, jnp.float32), jnp.asarray(mask, bool), "values", "mask", 1)
@@ -319,6 +335,7 @@ def masked_mean(values, mask) -> jax.Array:
     return jnp.where(n > 0, s / jnp.maximum(n, 1), jnp.nan)
 
 
+@jax.jit
 def masked_median(values, mask) -> jax.Array:
     """float32[...]: median of ``values[..., N]`` over ``mask[..., N]`` (mean of the two middle
     values for an even count, as ``np.median``); NaN where the mask is empty."""
@@ -333,6 +350,7 @@ def masked_median(values, mask) -> jax.Array:
     return jnp.where(n > 0, med, jnp.nan)
 
 
+@jax.jit
 def band_flip_rate(labels_a, labels_b, band) -> jax.Array:
     """float32[...]: flip rate restricted to the band, ``mean_{x in band} [y_a(x) != y_b(x)]``.
 
@@ -348,6 +366,7 @@ def band_flip_rate(labels_a, labels_b, band) -> jax.Array:
     return masked_mean(la != lb, band)
 
 
+@jax.jit
 def pair_order_flip(logits_float, logits_q, band) -> jax.Array:
     """float32[...]: fraction of band points where ``sign(z_a - z_b)`` differs between models.
 

@@ -289,22 +289,25 @@ def _as_slice(slc) -> Slice:
     raise TypeError(f"slc must be a Slice or a sequence of Slices, got {type(slc).__name__}")
 
 
-def _raise_nonfinite(finite, where: str):
+def _raise_nonfinite(finite, where: str, names: Callable[[int], str] | None = None):
     finite = np.asarray(finite)
     if finite.all():
         return
+    names = names or (lambda v: f"variant {v}")
     bad = np.argwhere(~finite)
     if finite.ndim == 2:
-        items = ", ".join(f"(slice {s}, variant {v})" for s, v in bad)
+        items = ", ".join(f"(slice {s}, {names(int(v))})" for s, v in bad)
     else:
-        items = ", ".join(f"variant {v}" for (v,) in bad)
+        items = ", ".join(names(int(v)) for (v,) in bad)
     raise ValueError(
-        f"apply_fn produced NaN or inf logits {where} for {items} (of V={finite.shape[-1]}); "
-        "check those parameter variants (e.g. a zero quantization scale)"
+        f"apply_fn produced NaN or inf logits {where} for {items}; check those parameters "
+        "(e.g. a zero quantization scale)"
     )
 
 
-def _run_sweep(apply_fn, params_stack, slc, chunk_size, variant_batching, labels, check_finite):
+def _run_sweep(
+    apply_fn, params_stack, slc, chunk_size, variant_batching, labels, check_finite, names=None
+):
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable (params, x) -> logits, got {apply_fn!r}")
     slc = _as_slice(slc)
@@ -315,7 +318,7 @@ def _run_sweep(apply_fn, params_stack, slc, chunk_size, variant_batching, labels
         params_stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=labels
     )
     if check_finite:
-        _raise_nonfinite(finite, "on the slice grid")
+        _raise_nonfinite(finite, "on the slice grid", names)
     return out
 
 
@@ -399,6 +402,10 @@ def evaluate_logits(
     Example:
         >>> z = evaluate_logits(apply_fn, stack, x_test)  # doctest: +SKIP
     """
+    return _run_eval(apply_fn, params_stack, x, chunk_size, variant_batching, check_finite)
+
+
+def _run_eval(apply_fn, params_stack, x, chunk_size, variant_batching, check_finite, names=None):
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable (params, x) -> logits, got {apply_fn!r}")
     x = jnp.asarray(x)
@@ -411,5 +418,5 @@ def evaluate_logits(
         params_stack, x, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=False
     )
     if check_finite:
-        _raise_nonfinite(finite, "on the inputs")
+        _raise_nonfinite(finite, "on the inputs", names)
     return out
