@@ -131,6 +131,6 @@ def test_optimize_rounding_custom_objective(mlp):
     with pytest.raises(ValueError, match="non-empty"):
         ptq.optimize_rounding(apply_fn, v, x_cal[:0], cfg, jax.random.key(2), objective=logit_mse)
     with pytest.raises(ValueError, match="objective is empty"):
-        ptq.RoundingConfig(weights=W4, task="none")
+        ptq.RoundingConfig(weights=W4, task="none", recon_weight=0.0)
     with pytest.raises(ValueError, match="temperature"):
         ptq.RoundingConfig(weights=W4, temperature=0.0)

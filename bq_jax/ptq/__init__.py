@@ -1,5 +1,16 @@
-"""Post-training quantization: PTQ-W, activation quantization, BN folding, CLE, bias
-correction, AdaRound and boundary-gap rounding, all as pure functions of variables dicts.
+"""Post-training quantization as pure functions of flax variables dicts.
+
+Everything works from ``apply_fn(params, x) -> logits`` of a linen model (layers are found
+with ``flax.linen.intercept_methods``; see :mod:`bq_jax.ptq.layers`):
+
+* PTQ-W: :func:`quantize_weights` (a ``QuantConfig`` or ordered path rules),
+  :func:`quantize_weights_stack` (variants on a leading axis for ``geometry.sweep_labels``).
+* Activations: :func:`quantize_activations` / :func:`calibrate_activations` /
+  :func:`activation_quantized_apply` (ranges carried in the variables dict).
+* :func:`fold_batch_norm`, :func:`cross_layer_equalization`, :func:`bias_correction`.
+* Learned rounding: :func:`adaround` (layer-wise, :class:`AdaRoundConfig`),
+  :func:`optimize_rounding` (network-wise with a swappable objective, boundary-gap rounding,
+  :class:`RoundingConfig`), :func:`nearest_rounding`, :func:`layer_reconstruction_error`.
 """
 
 from bq_jax.ptq.activations import *  # noqa: F403
