@@ -72,7 +72,7 @@ def dense_hessian(loss_fn: Callable, params) -> jax.Array:
              [0., 2.]], dtype=float32)
     """
     w, unravel = ravel_pytree(params)
-    return jax.hessian(lambda wf: loss_fn(unravel(wf)))(w)
+    return jax.jit(jax.hessian(lambda wf: loss_fn(unravel(wf))))(w)
 
 
 def _check_k(k: int, dim: int) -> None:
@@ -153,8 +153,8 @@ def power_top_eigs(
     """The ``k`` eigenpairs of largest magnitude by power iteration with deflation.
 
     For ``i = 1..k``: ``v <- B v / |B v|`` with ``B = A - sum_{j<i} lambda_j u_j u_j^T``
-    until the Rayleigh quotient ``lambda = v^T B v`` changes by less than
-    ``tol * |lambda|`` (or ``num_iters``); ``v`` is kept orthogonal to the ``u_j``.
+    until the eigen-residual ``|B v - lambda v| <= tol * |lambda|`` (``lambda = v^T B v``, the
+    Rayleigh quotient) or ``num_iters``; ``v`` is kept orthogonal to the ``u_j``.
 
     Returns:
       ``(values[k], vectors[k, dim])`` in the order found (decreasing magnitude), float64.
@@ -170,7 +170,6 @@ def power_top_eigs(
     vecs: list[np.ndarray] = []
     for i in range(k):
         v = np.asarray(jax.random.normal(jax.random.fold_in(key, i), (dim,)), np.float64)
-        lam_old = None
         lam = 0.0
         for _ in range(num_iters):
             for u in vecs:
@@ -183,10 +182,10 @@ def power_top_eigs(
             nrm = np.linalg.norm(bv)
             if nrm == 0.0:
                 break
+            residual = np.linalg.norm(bv - lam * v)
             v = bv / nrm
-            if lam_old is not None and abs(lam - lam_old) <= tol * max(abs(lam), 1e-30):
+            if residual <= tol * abs(lam):
                 break
-            lam_old = lam
         for u in vecs:
             v -= (u @ v) * u
         v /= np.linalg.norm(v)

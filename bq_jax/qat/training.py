@@ -143,8 +143,9 @@ class QATResult:
       history: ``loss`` (float[steps], objective per step), ``grad_norm`` (float[steps]),
         ``scales_clamped`` (int[steps]), ``epoch_loss`` (mean loss per epoch),
         ``epoch_heldout_accuracy`` (with ``eval_heldout``), ``snapshots`` (with
-        ``snapshot_every``: list of ``{"step", "params", "scales"}``, latent ``params``
-        collection and scales as numpy), ``steps_per_epoch``.
+        ``snapshot_every``: list of ``{"step", "params", "scales", "zero_points"}``: latent
+        ``params`` collection and the quantizer state after that many steps, as numpy),
+        ``steps_per_epoch``.
       config: the :class:`QATConfig`.
       state: the final :class:`QATState`.
       traces: how many times the step function was traced during this call (1: compiled
@@ -634,6 +635,7 @@ def _snapshot(state: QATState) -> dict:
         "step": int(state.step),
         "params": jax.device_get(state.params["params"]),
         "scales": jax.device_get(state.scales),
+        "zero_points": jax.device_get(state.zero_points),
     }
 
 
