@@ -130,6 +130,24 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _subset(text: str):
+    from bq_jax.data import SUBSETS
+
+    text = text.strip()
+    if text in SUBSETS:
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(
+            f"unknown subset {text!r}; choose one of {', '.join(SUBSETS)} or a positive int "
+            "(training examples per class)"
+        )
+    return k
+
+
 def _dataset(text: str) -> str:
     name = text.strip().lower().replace("-", "_")
     if name not in _DATASETS:
@@ -178,6 +196,13 @@ def _add_common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
         default=None,
         help="classifier architecture (mlp, cnn, resnet); default: bq_jax.train's choice for "
         "the data set",
+    )
+    p.add_argument(
+        "--subset",
+        type=_subset,
+        default=None,
+        help="train on a per-class subset: 'tiny' (100 per class), 'small' (500 per class) or "
+        "an int K (K per class); default: the full data ('tiny' for image sets with --quick)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     if not study:
@@ -249,7 +274,9 @@ Every study command is resumable: each finished (study, seed) part is written
 atomically to OUT/parts/<study>_seed<k>.json and a re-run with the same settings
 skips it. Ctrl-C keeps the finished parts and exits with status 130. Bad arguments
 print one line on stderr and exit with status 2; a failure to load data or to
-train exits with status 1. `bq-jax COMMAND --help` explains each command."""
+train exits with status 1. Trained classifiers are kept in OUT/checkpoints and
+compiled XLA programs in $BQ_JAX_CACHE/xla (default ~/.cache/bq_jax/xla), so a
+second run starts faster. `bq-jax COMMAND --help` explains each command."""
 
 _TOP_EPILOG = """\
 examples:
@@ -348,7 +375,12 @@ def _out_dir(args) -> str:
 def _config(args):
     from bq_jax.studies.config import default_config
 
-    overrides = {"progress": not args.no_progress, "data_dir": args.data_dir, "model": args.model}
+    overrides = {
+        "progress": not args.no_progress,
+        "data_dir": args.data_dir,
+        "model": args.model,
+        "subset": args.subset,
+    }
     if args.seeds is not None or args.seed != 0:
         n = args.seeds if args.seeds is not None else (1 if args.quick else 3)
         overrides["seeds"] = tuple(range(args.seed, args.seed + n))
@@ -372,9 +404,32 @@ def _config(args):
         raise UsageError(str(e)) from None
 
 
+def _enable_compilation_cache() -> None:
+    """Keep compiled XLA programs on disk so that later runs skip most compile time.
+
+    Uses ``$JAX_COMPILATION_CACHE_DIR`` / an already configured directory if there is one,
+    else ``<bq_jax cache>/xla`` (``$BQ_JAX_CACHE``, default ``~/.cache/bq_jax``). Compiled
+    programs are keyed by their HLO, so results do not depend on the cache.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    from bq_jax.train import default_cache_dir
+
+    path = os.path.join(default_cache_dir(), "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return  # an unwritable cache only costs compile time
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def _run(args) -> int:
     config = _config(args)
     out = _out_dir(args)
+    _enable_compilation_cache()
     from bq_jax.studies import runner
 
     if args.command == "train":

@@ -47,8 +47,11 @@ Top level:
   ``band_flip_rate`` (label changes among boundary-band points: held-out points with float
   ``|margin|`` below the ``band_quantile`` quantile of calibration margins);
   ``pair_order_flip`` (fraction of band points where ``sign(z_a - z_b)`` of the float top-1 /
-  runner-up pair changed); ``normal_variation`` (mean ``1 - <n_F, n_Q>`` of the unit margin
-  normals over the band). ``float_triple_junctions``: junction cells of the float map.
+  runner-up pair changed); ``normal_variation`` (median over the band of ``1 - <n_F, n_Q>``,
+  unit margin normals); ``band_size`` (band points), ``zero_gradient`` (band points left out
+  of the local metrics for a zero margin gradient), ``margin_radius_median``. A local metric
+  is None when no band point has a usable gradient. ``float_triple_junctions``: junction
+  cells of the float map.
 
 ``interpolation``:
   ``steps`` (t values per transition) and ``rows``, one per transition, with ``from_bits``,

@@ -47,19 +47,31 @@ def _compare(ctx, variants):
         ctx.inputs("heldout"),
         ctx.inputs("calibration"),
         band_quantile=ctx.config.band_quantile,
+        return_maps=True,
     )
 
 
 def metric_rows(ctx, variants, keys) -> list[dict]:
-    """Rows of accuracy and :data:`METRICS` for quantized ``variants`` (memoised by ``keys``)."""
-    metrics = _compare(ctx, variants)
+    """Rows of accuracy and :data:`METRICS` for quantized ``variants`` (memoised by ``keys``).
+
+    A metric that is undefined for a variant (e.g. ``median_local_shift`` when every band
+    point has a zero margin gradient) is ``None``; ``zero_gradient`` counts those points.
+    """
+    from bq_jax import geometry
+
+    result = _compare(ctx, variants)
+    ctx.remember_labels("train", "float", result["labels_float"])
+    for key, labels in zip(keys, result["labels"], strict=True):
+        ctx.remember_labels("train", key, labels)
+    records = geometry.compare_records(result)
     rows = []
-    for i, (key, params) in enumerate(zip(keys, variants, strict=True)):
+    for key, params, rec in zip(keys, variants, records, strict=True):
         acc = ctx.accuracy(params, "heldout", key=key)
         row = {"accuracy": acc, "accuracy_drop": ctx.float_accuracy - acc}
-        for name in METRICS:
-            value = np.asarray(metrics[name])[i]
-            row[name] = int(value) if name == "triple_junctions" else float(value)
+        row.update({name: rec[name] for name in METRICS})
+        row.update(
+            {k: rec[k] for k in ("band_size", "zero_gradient", "margin_radius_median") if k in rec}
+        )
         rows.append(row)
     return rows
 
@@ -89,6 +101,7 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
         "float_labels": float_labels.astype(np.int16),
         "labels": maps.astype(np.int16),
         "extent": ctx.extent("train"),
+        "num_classes": np.asarray(ctx.data.num_classes, np.int32),
     }
     return result, arrays
 

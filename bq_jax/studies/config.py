@@ -84,6 +84,9 @@ class StudyConfig:
     model: str | None = None
     # Small, fast settings (fewer training epochs, smaller sets); for smoke tests and demos.
     quick: bool = False
+    # Data subset of bq_jax.data.load_dataset: None (the full data; with quick, "tiny" for the
+    # image data sets), a name of bq_jax.data.SUBSETS, or an int k (k training examples per class).
+    subset: str | int | None = None
     # Directory of tensorflow-datasets data (mnist, fashion_mnist, cifar10); None: tfds default.
     data_dir: str | None = None
     # Show tqdm progress bars.
@@ -121,6 +124,10 @@ class StudyConfig:
             raise TypeError("boundary_gap_weight must be a float")
         if not self.boundary_gap_weight >= 0.0:
             raise ValueError(f"boundary_gap_weight must be >= 0, got {self.boundary_gap_weight}")
+        if self.subset is not None:
+            from bq_jax.data import resolve_subset
+
+            resolve_subset(self.subset)  # raises ValueError naming the accepted forms
         if self.model is not None and not isinstance(self.model, str):
             raise TypeError(f"model must be a str or None, got {type(self.model).__name__}")
 

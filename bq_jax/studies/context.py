@@ -61,6 +61,7 @@ class SeedContext:
                 data_dir=config.data_dir,
                 model=config.model,
                 quick=config.quick,
+                subset=config.subset,
                 progress=config.progress,
             )
         except (FileNotFoundError, OSError, ValueError) as e:
@@ -138,6 +139,10 @@ class SeedContext:
 
         stack = stack_params([params])
         return np.asarray(geometry.sweep_labels(self.apply_fn, stack, self.slice(kind))[0])
+
+    def remember_labels(self, kind: str, key, labels) -> None:
+        """Memoise a label map computed elsewhere (e.g. by ``geometry.compare``)."""
+        self._labels[(kind, key)] = np.asarray(labels)
 
     def labels(self, kind: str, key, params) -> np.ndarray:
         """Label map int32[R, R] of ``params`` on slice ``kind``, memoised under ``key``."""

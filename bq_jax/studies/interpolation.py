@@ -186,6 +186,7 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
         "near_junctions": np.stack(near_maps),
         "labels_from": np.stack(first_maps).astype(np.int16),
         "extent": ctx.extent("train"),
+        "num_classes": np.asarray(ctx.data.num_classes, np.int32),
     }
     return result, arrays
 

@@ -104,6 +104,7 @@ def write_figures(config, results: dict, out: str) -> list[str]:
                 arrays["float_labels"].astype(np.int32),
                 arrays["labels"][idx].astype(np.int32),
                 extent=_extent(arrays),
+                num_classes=int(arrays["num_classes"]) if "num_classes" in arrays else None,
                 titles=["float"] + [f"PTQ-W {b}-bit" for b in show],
                 axis_labels=("PC 1", "PC 2"),
             )
@@ -208,9 +209,9 @@ def _interpolation_maps(config, arrays):
     n = len(from_bits)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig = Figure(figsize=(3.4 * cols, 3.4 * rows + 0.6))
+    fig = Figure(figsize=(3.6 * cols, 3.6 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    k_classes = int(labels.max()) + 1
+    k_classes = int(arrays["num_classes"]) if "num_classes" in arrays else int(labels.max()) + 1
     cmap = ListedColormap(class_colors(k_classes))
     ext = _extent(arrays)
     for ax in axes.ravel()[n:]:
@@ -226,12 +227,13 @@ def _interpolation_maps(config, arrays):
             extent=ext,
             interpolation="nearest",
             alpha=0.35,
+            aspect="auto",
         )
         overlay = np.zeros(labels[i].shape + (4,))
         overlay[near[i]] = (0.0, 0.0, 0.0, 0.35)
         overlay[counts[i] > 0] = (0.835, 0.369, 0.0, 1.0)
         overlay[(counts[i] > 0) & near[i]] = (0.8, 0.0, 0.4, 1.0)
-        ax.imshow(overlay, origin="lower", extent=ext, interpolation="nearest")
+        ax.imshow(overlay, origin="lower", extent=ext, interpolation="nearest", aspect="auto")
         changed = int((counts[i] > 0).sum())
         at = int(((counts[i] > 0) & near[i]).sum())
         ax.set_title(
@@ -240,8 +242,8 @@ def _interpolation_maps(config, arrays):
         ax.tick_params(labelsize=7)
     fig.suptitle(
         f"{config.dataset}: where labels change as the scale moves from b to b-1 bits\n"
-        "orange: changed; magenta: changed within 1 cell of a triple junction; grey: near a "
-        "junction",
+        "orange: changed; magenta: changed within 1 cell of a triple junction; grey: within 1 "
+        "cell of a junction",
         fontsize=9,
     )
     return fig

@@ -1,0 +1,212 @@
+"""End-to-end study runs through `bq-jax`: results schema, determinism, resumability, the
+tfds data sets under `tfds.testing.mock_data`, and the full digits study (slow).
+
+The quick digits run is shared by the tests of this module (one run, then cheap re-runs that
+reuse its parts).
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from bq_jax import cli
+from bq_jax.studies import STUDIES
+
+ROW_KEYS = {
+    "bits_sweep": {
+        "bits",
+        "accuracy",
+        "flip_rate",
+        "boundary_jaccard",
+        "grid_change",
+        "median_local_shift",
+        "triple_junctions",
+        "band_flip_rate",
+        "pair_order_flip",
+        "normal_variation",
+    },
+    "interpolation": {
+        "from_bits",
+        "to_bits",
+        "changed_cells",
+        "changed_cells_at_junctions",
+        "junction_enrichment",
+    },
+    "rounding": {"bits", "method", "accuracy", "boundary_jaccard", "pair_order_flip"},
+}
+RULE_KEYS = {"bits", "heldout_flip_rate", "heldout_boundary_jaccard"}
+
+
+def _reproduce(out, *extra, dataset="digits"):
+    return cli.main(["reproduce", dataset, "--quick", "--no-progress", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "digits"
+    assert _reproduce(out) == cli.EXIT_OK
+    return out
+
+
+def _parts(out):
+    return sorted(p for p in os.listdir(out / "parts") if p.endswith(".json"))
+
+
+def test_quick_run_writes_documented_results(quick_run):
+    results = json.loads((quick_run / "results.json").read_text())
+    for key in ("dataset", "seeds", "resolution", "float_accuracy", *STUDIES):
+        assert key in results, key
+    assert results["dataset"] == "digits" and results["seeds"] == [0]
+    assert 0.5 < results["float_accuracy"] <= 1.0
+    for study, keys in ROW_KEYS.items():
+        rows = results[study]["rows"]
+        assert rows, study
+        for row in rows:
+            assert keys <= set(row), (study, keys - set(row))
+    assert [r["bits"] for r in results["bits_sweep"]["rows"]] == [8, 7, 6, 5, 4, 3, 2]
+    methods = {r["method"] for r in results["rounding"]["rows"]}
+    assert methods == {"nearest", "adaround", "boundary_gap"}
+    for rule in ("accuracy_rule", "boundary_rule"):
+        assert RULE_KEYS <= set(results["stopping"][rule])
+    corr = results["correlation"]
+    assert {"pearson_r", "n_variants", "points"} <= set(corr)
+    assert corr["n_variants"] == len(corr["points"]) > 2
+    for row in results["bits_sweep"]["rows"]:
+        for key in ("accuracy", "flip_rate", "boundary_jaccard", "grid_change"):
+            assert 0.0 <= row[key] <= 1.0
+    # The 2-bit model is the one whose boundary moves most.
+    jac = {r["bits"]: r["boundary_jaccard"] for r in results["bits_sweep"]["rows"]}
+    assert jac[2] > jac[8]
+    report = (quick_run / "report.md").read_text()
+    for heading in ("PTQ-W bit sweep", "Interpolation", "stopping", "Rounding", "held-out"):
+        assert heading in report
+    assert "(paper)" in report or "paper" in report
+    figures = sorted(os.listdir(quick_run / "figures"))
+    assert len(figures) >= 6
+    for name in figures:
+        data = (quick_run / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_same_seed_gives_byte_identical_results(quick_run, tmp_path):
+    assert _reproduce(tmp_path / "again") == cli.EXIT_OK
+    assert (tmp_path / "again" / "results.json").read_bytes() == (
+        quick_run / "results.json"
+    ).read_bytes()
+
+
+def test_rerun_recomputes_only_the_deleted_part(quick_run, tmp_path, capsys):
+    out = tmp_path / "resume"
+    shutil.copytree(quick_run, out)
+    before = {p: (out / "parts" / p).stat().st_mtime_ns for p in _parts(out)}
+    os.remove(out / "parts" / "stopping_seed0.json")
+    capsys.readouterr()
+    assert _reproduce(out) == cli.EXIT_OK
+    assert "1 parts computed, 4 reused" in capsys.readouterr().out
+    after = {p: (out / "parts" / p).stat().st_mtime_ns for p in _parts(out)}
+    assert set(after) == set(before)
+    changed = [p for p in after if after[p] != before[p]]
+    assert changed == ["stopping_seed0.json"]
+    assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
+
+
+def test_changed_settings_invalidate_parts(quick_run, tmp_path, capsys):
+    out = tmp_path / "changed"
+    shutil.copytree(quick_run, out)
+    capsys.readouterr()
+    code = cli.main(
+        [
+            "stopping",
+            "digits",
+            "--quick",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--jaccard-threshold",
+            "0.3",
+        ]
+    )
+    assert code == cli.EXIT_OK
+    assert "1 parts computed, 0 reused" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"stopping"} and "bits_sweep" not in results
+    assert results["stopping"]["jaccard_threshold"] == 0.3
+
+
+def test_keyboard_interrupt_exits_130_and_keeps_valid_parts(
+    quick_run, tmp_path, capsys, monkeypatch
+):
+    from bq_jax.studies import runner
+
+    out = tmp_path / "interrupted"
+    shutil.copytree(quick_run, out)
+    for name in ("interpolation", "stopping", "rounding", "correlation"):
+        os.remove(out / "parts" / f"{name}_seed0.json")
+    os.remove(out / "results.json")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module = runner.MODULES["stopping"]
+    original = module.compute
+    monkeypatch.setattr(module, "compute", interrupted)
+    capsys.readouterr()
+    assert _reproduce(out) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0] and str(out) in err[0]
+    assert _parts(out) == ["bits_sweep_seed0.json", "interpolation_seed0.json"]
+    for name in _parts(out):
+        json.loads((out / "parts" / name).read_text())
+    assert not (out / "results.json").exists()
+    assert not [p for p in os.listdir(out / "parts") if p.startswith(".")]  # no temp files
+    monkeypatch.setattr(module, "compute", original)
+    assert _reproduce(out) == cli.EXIT_OK
+    assert "3 parts computed, 2 reused" in capsys.readouterr().out
+    assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "cifar10"])
+def test_tfds_datasets_run_end_to_end_on_mock_data(dataset, tmp_path):
+    import tensorflow_datasets as tfds
+
+    out = tmp_path / dataset
+    with tfds.testing.mock_data(num_examples=1400):
+        code = _reproduce(
+            out,
+            "--resolution",
+            "12",
+            "--steps",
+            "3",
+            "--rounding-iters",
+            "4",
+            "--rounding-bits",
+            "4",
+            "--min-bits",
+            "3",
+            "--max-bits",
+            "5",
+            "--subset",
+            "13",
+            dataset=dataset,
+        )
+    assert code == cli.EXIT_OK
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == dataset
+    assert [r["bits"] for r in results["bits_sweep"]["rows"]] == [5, 4, 3]
+    assert (out / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_full_digits_study_shows_the_papers_findings(tmp_path):
+    """The full study (3 seeds, 256x256): every qualitative finding of the paper holds."""
+    from bq_jax.studies.reporting import findings
+
+    out = tmp_path / "digits"
+    assert cli.main(["reproduce", "digits", "--no-progress", "--out", str(out)]) == cli.EXIT_OK
+    results = json.loads((out / "results.json").read_text())
+    checks = findings(results)
+    assert len(checks) == 6
+    failed = [(f, e) for f, holds, e in checks if not holds]
+    assert not failed, failed
