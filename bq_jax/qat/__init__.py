@@ -12,6 +12,7 @@
   accuracy, loss-curve spread over seeds, per-layer SQNR.
 """
 
+from bq_jax.qat.basin import BASIN_METHODS, BasinConfig, basin_config, run_basin_study
 from bq_jax.qat.config import QATConfig
 from bq_jax.qat.hessian import (
     dense_hessian,
@@ -42,6 +43,10 @@ from bq_jax.qat.training import (
 )
 
 __all__ = [
+    "BASIN_METHODS",
+    "BasinConfig",
+    "basin_config",
+    "run_basin_study",
     "LeafPlan",
     "QATConfig",
     "QATDivergedError",

@@ -1,0 +1,139 @@
+"""The loss landscape around a float solution: losses along lines, displacement along the top
+Hessian directions, and gradient / basin-direction cosines along a QAT trajectory.
+
+Definitions (QAT basin paper, "Gradients at quantized weights bias to the low-loss basin"):
+
+* loss along the line from the float weights ``w_F`` to a quantized solution ``w_Q``:
+  ``L(w_F + t (w_Q - w_F))`` for ``t`` in ``[0, t_max]`` -- the plain loss of the
+  interpolated weights (no quantizer): ``t = 1`` is the deployed network.
+* line barrier: ``max_{t in [0,1]} L(t) - max(L(0), L(1))`` (0 for a line that rises
+  monotonically; > 0 when the two ends are separated by a ridge).
+* excess loss: ``L(w_Q) - L(w_F)``.
+* displacement ``d = w_Q - w_F`` (trainable ``params`` collection, ``ravel_pytree`` order);
+  its top-k share ``sharp_fraction = |V_k d| / |d|`` with ``V_k`` the top-k Hessian
+  eigenvectors at ``w_F`` (an isotropic ``d`` would give ``sqrt(k / P)``); the quadratic
+  model of the excess ``d^T H d / 2`` (one Hessian-vector product) and its part along the top-k
+  directions ``sum_i lambda_i (v_i . d)^2 / 2``.
+* basin direction at a QAT iterate (latent ``w_t``, deployed ``w_q,t = Q(w_t)``):
+  ``u_t = w_F - w_q,t``, the straight way back to the float solution, which lies on the basin
+  floor. ``cosine_quantized = cos(-g_Q, u_t)`` with ``g_Q`` the straight-through gradient
+  ``d L(Q(w)) / dw`` at ``w_t`` (the gradient STE-QAT follows) and ``cosine_float =
+  cos(-grad L(w_t), u_t)`` (the gradient the float-gradient ablation follows). Across the
+  valley wall: ``cosine_sharp = cos(-g_Q, -V_k^T V_k (w_q,t - w_F))``, the component of the
+  way back that lies in the top-k (sharp) subspace.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from bq_jax.qat import quantizers as qz
+
+__all__ = ["Landscape", "cosine"]
+
+
+def cosine(a, b) -> float | None:
+    """``<a, b> / (|a| |b|)`` of two flat vectors; None if either is zero.
+
+    Example:
+      >>> cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0]))
+      0.7071067811865475
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0.0 or nb == 0.0:
+        return None
+    return float(a @ b / (na * nb))
+
+
+class Landscape:
+    """Jitted losses and gradients of one classifier on one split (whole split per call).
+
+    Args:
+      apply_fn: ``apply_fn(variables, x) -> logits``.
+      variables_float: the float solution ``w_F`` (its non-``params`` collections are held
+        fixed everywhere).
+      x, y: the split (e.g. the training set: the loss QAT minimises).
+
+    Example:
+      >>> land = Landscape(model.apply_fn, variables, data.x_train, data.y_train)
+      ... # doctest: +SKIP
+      >>> land.line(params_ptq, np.linspace(0, 1.5, 31))  # doctest: +SKIP
+    """
+
+    def __init__(self, apply_fn, variables_float, x, y):
+        self.apply_fn = apply_fn
+        self.variables_float = variables_float
+        self.x = jnp.asarray(x)
+        self.y = jnp.asarray(y)
+        self.w_float, self.unravel = ravel_pytree(variables_float["params"])
+        self._rest = {k: v for k, v in variables_float.items() if k != "params"}
+        self._loss_flat = jax.jit(self._flat_loss)
+        self._grad_flat = jax.jit(jax.grad(self._flat_loss))
+        self._line = jax.jit(jax.vmap(self._flat_loss))
+
+    @property
+    def num_params(self) -> int:
+        return int(self.w_float.shape[0])
+
+    def params_loss(self, params):
+        """``L`` of a ``params`` collection (traceable; used for Hessian-vector products)."""
+        logits = self.apply_fn({**self._rest, "params": params}, self.x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, self.y).mean()
+
+    def _flat_loss(self, w):
+        return self.params_loss(self.unravel(w))
+
+    def flat(self, variables) -> jax.Array:
+        """The ``params`` collection of ``variables`` as a flat vector."""
+        return ravel_pytree(variables["params"])[0]
+
+    def loss(self, variables) -> float:
+        """Mean cross-entropy of ``variables`` on the split."""
+        return float(self._loss_flat(self.flat(variables)))
+
+    def line(self, variables_q, ts) -> np.ndarray:
+        """``L(w_F + t (w_Q - w_F))`` for every ``t`` (float64[T])."""
+        d = self.flat(variables_q) - self.w_float
+        ts = jnp.asarray(ts, jnp.float32)
+        pts = jnp.expand_dims(self.w_float, 0) + jnp.expand_dims(ts, 1) * jnp.expand_dims(d, 0)
+        return np.asarray(self._line(pts), np.float64)
+
+    def random_direction_excess(self, variables_q, key, num: int = 8) -> float:
+        """Mean excess ``L(w_F + r) - L(w_F)`` over ``num`` Gaussian directions ``r`` scaled
+        leaf by leaf to the norms of ``d = w_Q - w_F`` (a control for the excess of ``d``)."""
+        d = jax.tree.map(lambda a, b: a - b, variables_q["params"], self.variables_float["params"])
+        leaves, treedef = jax.tree.flatten(d)
+        out = []
+        for i in range(num):
+            keys = jax.random.split(jax.random.fold_in(key, i), len(leaves))
+            r = []
+            for k, leaf in zip(keys, leaves, strict=True):
+                g = jax.random.normal(k, leaf.shape, leaf.dtype)
+                n = jnp.linalg.norm(g)
+                r.append(jnp.where(n > 0, g * (jnp.linalg.norm(leaf) / n), g * 0))
+            r_flat = ravel_pytree(jax.tree.unflatten(treedef, r))[0]
+            out.append(float(self._loss_flat(self.w_float + r_flat)))
+        return float(np.mean(out)) - float(self._loss_flat(self.w_float))
+
+    def grad(self, w_flat) -> np.ndarray:
+        """``grad L`` at a flat ``params`` vector (float64)."""
+        return np.asarray(self._grad_flat(jnp.asarray(w_flat, jnp.float32)), np.float64)
+
+    def ste_grad_fn(self, plan):
+        """Jitted ``(params, scales, zero_points) -> flat d L(Q(w)) / dw`` with the scales held
+        constant: the (masked straight-through) gradient STE-QAT follows at latent ``params``."""
+
+        def f(params, scales, zps):
+            def loss(p):
+                pq = qz.quantize_variables({"params": p}, plan, scales, zps, learned=False)
+                return self.params_loss(pq["params"])
+
+            return ravel_pytree(jax.grad(loss)(params))[0]
+
+        return jax.jit(f)
