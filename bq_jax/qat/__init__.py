@@ -8,11 +8,17 @@
 * :func:`run_basin_study` -- PTQ vs QAT: loss along the line from the float weights, excess
   loss, displacement along the top Hessian directions, gradient/basin cosine along the QAT
   trajectory, boundary metrics.
-* :func:`run_statqat_comparison` -- QAT with min-max / MSE / OCTAV / Gaussian quantizers:
-  accuracy, loss-curve spread over seeds, per-layer SQNR.
+* :func:`run_range_method_study` -- STE-QAT with min-max / MSE / OCTAV / Gaussian range
+  methods: accuracy, loss-curve spread over seeds, per-layer SQNR.
 """
 
-from bq_jax.qat.basin import BASIN_METHODS, BasinConfig, basin_config, run_basin_study
+from bq_jax.qat.basin import (
+    BASIN_METHODS,
+    BasinConfig,
+    basin_config,
+    run_basin_study,
+    write_basin_outputs,
+)
 from bq_jax.qat.config import QATConfig
 from bq_jax.qat.hessian import (
     dense_hessian,
@@ -28,6 +34,13 @@ from bq_jax.qat.quantizers import (
     lsq_grad_scale,
     quantize_variables,
     resolve_plan,
+)
+from bq_jax.qat.range_methods import (
+    RANGE_METHOD_CHOICES,
+    RangeMethodStudyConfig,
+    range_method_study_config,
+    run_range_method_study,
+    write_range_method_outputs,
 )
 from bq_jax.qat.training import (
     QATDivergedError,
@@ -47,6 +60,12 @@ __all__ = [
     "BasinConfig",
     "basin_config",
     "run_basin_study",
+    "write_basin_outputs",
+    "RANGE_METHOD_CHOICES",
+    "RangeMethodStudyConfig",
+    "range_method_study_config",
+    "run_range_method_study",
+    "write_range_method_outputs",
     "LeafPlan",
     "QATConfig",
     "QATDivergedError",

@@ -65,7 +65,7 @@ from bq_jax.qat.hessian import flat_hvp, top_hessian_eigs
 from bq_jax.qat.landscape import Landscape, cosine
 from bq_jax.qat.training import qat_train
 
-__all__ = ["BASIN_METHODS", "BasinConfig", "basin_config", "run_basin_study"]
+__all__ = ["BASIN_METHODS", "BasinConfig", "basin_config", "run_basin_study", "write_basin_outputs"]
 
 BASIN_METHODS = ("ptq_nearest", "ptq_adaround", "qat_ste", "qat_lsq", "qat_float_gradient")
 QAT_METHODS = ("qat_ste", "qat_lsq", "qat_float_gradient")
@@ -254,14 +254,6 @@ def _line_row(line: np.ndarray, ts: np.ndarray) -> dict:
     }
 
 
-def _snapshot_qparams(cfg, snap, plan):
-    """Scales and zero points the deployed network of a snapshot uses (range scales are a
-    function of the weights; learned / fixed ones are carried in the snapshot)."""
-    if cfg.scale_mode == "range" and cfg.range_update_every > 0:
-        return qz.init_qparams({"params": snap["params"]}, plan)
-    return snap["scales"], snap["zero_points"]
-
-
 def _trajectory(res, plan, land, eig, ste_grad) -> dict:
     cfg = res.config
     snaps = res.history["snapshots"]
@@ -280,11 +272,16 @@ def _trajectory(res, plan, land, eig, ste_grad) -> dict:
     )
     out: dict[str, list] = {k: [] for k in keys}
     latents, backs = [], []
+    # Scales and zero points the deployed network of a snapshot uses: range scales are a
+    # function of the latent weights; learned / fixed ones are carried in the snapshot.
+    deploy = land.deploy_fn(
+        plan, range_scales=cfg.scale_mode == "range" and cfg.range_update_every > 0
+    )
     for snap in snaps:
         params = snap["params"]
-        scales, zps = _snapshot_qparams(cfg, snap, plan)
-        vq = qz.quantize_variables({"params": params}, plan, scales, zps, learned=False)
-        wq = np.asarray(land.flat(vq), np.float64)
+        wq_flat, scales, zps = deploy(params, snap["scales"], snap["zero_points"])
+        vq = {"params": land.unravel(wq_flat)}
+        wq = np.asarray(wq_flat, np.float64)
         wt = np.asarray(ravel_pytree(params)[0], np.float64)
         u = wf - wq
         latents.append(wt)

@@ -76,6 +76,8 @@ class Landscape:
         self._loss_flat = jax.jit(self._flat_loss)
         self._grad_flat = jax.jit(jax.grad(self._flat_loss))
         self._line = jax.jit(jax.vmap(self._flat_loss))
+        self._ste_grad_cache: dict = {}
+        self._deploy_cache: dict = {}
 
     @property
     def num_params(self) -> int:
@@ -106,20 +108,26 @@ class Landscape:
 
     def random_direction_excess(self, variables_q, key, num: int = 8) -> float:
         """Mean excess ``L(w_F + r) - L(w_F)`` over ``num`` Gaussian directions ``r`` scaled
-        leaf by leaf to the norms of ``d = w_Q - w_F`` (a control for the excess of ``d``)."""
+        leaf by leaf to the norms of ``d = w_Q - w_F`` (a control for the excess of ``d``).
+
+        The directions are drawn on the host (numpy, seeded by ``key``); their losses take one
+        batched call."""
         d = jax.tree.map(lambda a, b: a - b, variables_q["params"], self.variables_float["params"])
-        leaves, treedef = jax.tree.flatten(d)
-        out = []
+        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+        rng = np.random.default_rng(seed)
+        # ravel_pytree concatenates the leaves in tree-flattening order.
+        rows = np.empty((num, self.num_params), np.float32)
         for i in range(num):
-            keys = jax.random.split(jax.random.fold_in(key, i), len(leaves))
-            r = []
-            for k, leaf in zip(keys, leaves, strict=True):
-                g = jax.random.normal(k, leaf.shape, leaf.dtype)
-                n = jnp.linalg.norm(g)
-                r.append(jnp.where(n > 0, g * (jnp.linalg.norm(leaf) / n), g * 0))
-            r_flat = ravel_pytree(jax.tree.unflatten(treedef, r))[0]
-            out.append(float(self._loss_flat(self.w_float + r_flat)))
-        return float(np.mean(out)) - float(self._loss_flat(self.w_float))
+            parts = []
+            for leaf in jax.tree.leaves(d):
+                leaf = np.asarray(leaf, np.float64).ravel()
+                g = rng.standard_normal(leaf.shape[0])
+                n = np.linalg.norm(g)
+                parts.append(g * (np.linalg.norm(leaf) / n) if n > 0 else g * 0.0)
+            rows[i] = np.concatenate(parts)
+        pts = jnp.expand_dims(self.w_float, 0) + jnp.asarray(rows)
+        losses = np.asarray(self._line(pts), np.float64)
+        return float(np.mean(losses)) - float(self._loss_flat(self.w_float))
 
     def grad(self, w_flat) -> np.ndarray:
         """``grad L`` at a flat ``params`` vector (float64)."""
@@ -127,13 +135,33 @@ class Landscape:
 
     def ste_grad_fn(self, plan):
         """Jitted ``(params, scales, zero_points) -> flat d L(Q(w)) / dw`` with the scales held
-        constant: the (masked straight-through) gradient STE-QAT follows at latent ``params``."""
+        constant: the (masked straight-through) gradient STE-QAT follows at latent ``params``.
+        One compiled function per ``plan`` (cached)."""
+        if plan not in self._ste_grad_cache:
 
-        def f(params, scales, zps):
-            def loss(p):
-                pq = qz.quantize_variables({"params": p}, plan, scales, zps, learned=False)
-                return self.params_loss(pq["params"])
+            def f(params, scales, zps):
+                def loss(p):
+                    pq = qz.quantize_variables({"params": p}, plan, scales, zps, learned=False)
+                    return self.params_loss(pq["params"])
 
-            return ravel_pytree(jax.grad(loss)(params))[0]
+                return ravel_pytree(jax.grad(loss)(params))[0]
 
-        return jax.jit(f)
+            self._ste_grad_cache[plan] = jax.jit(f)
+        return self._ste_grad_cache[plan]
+
+    def deploy_fn(self, plan, *, range_scales: bool):
+        """Jitted ``(params, scales, zero_points) -> (flat Q(w), scales, zero_points)``: the
+        deployed weights of latent ``params``; with ``range_scales`` the scales and zero points
+        are re-estimated from ``params`` by each leaf's range method (the inputs are ignored).
+        One compiled function per ``(plan, range_scales)`` (cached)."""
+        key = (plan, bool(range_scales))
+        if key not in self._deploy_cache:
+
+            def f(params, scales, zps):
+                if range_scales:
+                    scales, zps = qz.init_qparams({"params": params}, plan)
+                vq = qz.quantize_variables({"params": params}, plan, scales, zps, learned=False)
+                return ravel_pytree(vq["params"])[0], scales, zps
+
+            self._deploy_cache[key] = jax.jit(f)
+        return self._deploy_cache[key]
