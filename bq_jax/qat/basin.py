@@ -407,17 +407,26 @@ def _findings(results: dict) -> list[dict]:
 
 
 def run_basin_study(
-    config: BasinConfig | None = None, *, out_dir: str | None = None, progress: bool = True
-) -> dict:
+    config: BasinConfig | None = None,
+    *,
+    out_dir: str | None = None,
+    progress: bool = True,
+    return_solutions: bool = False,
+):
     """Runs the basin study (module docstring) and returns the results dict.
 
     Args:
       config: a :class:`BasinConfig` (None: :func:`basin_config` defaults).
       out_dir: when given, writes ``results.json``, ``report.md`` and ``figures/*.png`` there.
       progress: progress bars.
+      return_solutions: also return the quantized solutions.
 
     Returns:
-      The results dict (keys in the module docstring).
+      The results dict (keys in the module docstring); with ``return_solutions`` the pair
+      ``(results, solutions)``, ``solutions[(bits, method)]`` holding ``variables`` (the
+      deployed variables dict), ``scales`` and ``zero_points`` (``{kernel path: array}``, the
+      grid each kernel lies on); ``solutions["float"]`` holds the float ``variables``,
+      ``apply_fn``, ``x_train``, ``y_train``, ``x_test`` and ``y_test``.
 
     Example:
       >>> res = run_basin_study(basin_config(quick=True), out_dir="/tmp/basin", progress=False)
@@ -483,10 +492,22 @@ def run_basin_study(
         "trajectories": {},
         "trajectory_summary": [],
     }
+    kept: dict[Any, Any] = {
+        "float": {
+            "variables": variables,
+            "apply_fn": apply_fn,
+            "x_train": data.x_train,
+            "y_train": data.y_train,
+            "x_test": data.x_test,
+            "y_test": data.y_test,
+        }
+    }
     for bits in config.bits:
         wcfg = config.weight_config(bits)
         solutions: dict[str, Any] = {}
         qat_runs = {}
+        ptq_plan = qz.resolve_plan(variables, wcfg, targets=QATConfig(weights=wcfg).targets)
+        ptq_grid = qz.init_qparams(variables, ptq_plan)
         for method in config.methods:
             if method == "ptq_nearest":
                 solutions[method] = ptq.quantize_weights(variables, wcfg)
@@ -511,6 +532,18 @@ def run_basin_study(
                 solutions[method] = res.variables
                 qat_runs[method] = res
         names = list(solutions)
+        if return_solutions:
+            for method in names:
+                grid = (
+                    (qat_runs[method].scales, qat_runs[method].zero_points)
+                    if method in qat_runs
+                    else ptq_grid
+                )
+                kept[(bits, method)] = {
+                    "variables": solutions[method],
+                    "scales": grid[0],
+                    "zero_points": grid[1],
+                }
         stack = ptq.stack_params([solutions[m] for m in names])
         geo = geometry.compare_records(
             geometry.compare(apply_fn, variables, stack, slc, data.x_test, data.x_calibration)
@@ -538,6 +571,8 @@ def run_basin_study(
     results["wall_time_s"] = round(time.time() - t_start, 1)
     if out_dir is not None:
         write_basin_outputs(results, out_dir)
+    if return_solutions:
+        return results, kept
     return results
 
 
