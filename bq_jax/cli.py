@@ -9,6 +9,7 @@ Commands (``bq-jax COMMAND --help`` explains each one):
 * ``bq-jax rounding DATASET``       nearest vs AdaRound vs boundary-gap rounding at fixed bits.
 * ``bq-jax correlation DATASET``    calibration vs held-out boundary Jaccard across variants.
 * ``bq-jax train DATASET``          train (or load the cached) float classifiers only.
+* ``bq-jax basin DATASET``          PTQ vs QAT at low bits: the QAT basin study (bq_jax.qat).
 
 Every study command is resumable: each finished (study, seed) part is written atomically to
 ``OUT/parts/<study>_seed<k>.json`` and a re-run with the same settings skips it. Ctrl-C keeps
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_rounding(p)
         if name == "correlation":
             _add_stopping(p)
+    _add_basin_command(sub)
     return parser
 
 
@@ -442,10 +444,121 @@ def _run(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- bq-jax basin
+# The "PTQ leaves the basin, QAT returns" study (bq_jax.qat.basin): its parser and runner.
+
+_BASIN_DESCRIPTION = """\
+The "PTQ leaves the basin, QAT returns" study on DATASET (default settings: the
+digits MLP at 2, 3 and 4 bits): PTQ (round to nearest, AdaRound), STE-QAT, LSQ-QAT
+and the ablation that takes gradients at the float weights. Measures the training
+loss along the line from the float weights to each solution (t in [0, 1.5]), the
+excess loss, the displacement along the top Hessian eigen-directions (Lanczos),
+the cosine between the QAT gradient and the way back to the basin along each
+trajectory, the boundary metrics and held-out accuracy. Writes OUT/results.json
+(keys documented in `python -c "import bq_jax.qat.basin as b; help(b)"`),
+OUT/report.md and OUT/figures/*.png."""
+
+
+def _add_basin_command(sub) -> None:
+    p = sub.add_parser(
+        "basin",
+        help="PTQ vs QAT at low bits: loss landscape, Hessian, trajectories (qat basin study)",
+        description=_BASIN_DESCRIPTION,
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "dataset", type=_dataset, metavar="DATASET", help=f"one of {', '.join(_DATASETS)}"
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="output directory (default: results/qat_basin, results/qat_basin-DATASET for "
+        "other data sets; '-quick' appended with --quick)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_int_at_least(0, "a seed"),
+        default=0,
+        help="seed of the float classifier, QAT, AdaRound and Lanczos",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small, fast settings (2 bits, 2 QAT epochs)"
+    )
+    p.add_argument("--bits", type=_bits_list, help="comma-separated bit widths (default: 2,3,4)")
+    p.add_argument(
+        "--qat-epochs",
+        type=_int_at_least(1, "a number of epochs"),
+        help="QAT epochs of each QAT method (default: 30, or 2 with --quick)",
+    )
+    p.add_argument(
+        "--adaround-iterations",
+        type=_int_at_least(1, "a number of steps"),
+        help="AdaRound steps per layer (default: 2000, or 40 with --quick)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=_int_at_least(8, "a grid side"),
+        help="side R of the R x R slice grid of the boundary metrics (default: 128, or 24 "
+        "with --quick)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="tensorflow-datasets data directory for mnist, fashion_mnist and cifar10",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="classifier architecture (mlp, cnn, resnet); default: bq_jax.train's choice",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _run_basin(args) -> int:
+    """``bq-jax basin``: one-line errors (2: bad settings, 1: data / training failure)."""
+    if args.out is None:
+        args.out = "results/qat_basin" + ("" if args.dataset == "digits" else f"-{args.dataset}")
+        args.out += "-quick" if args.quick else ""
+    prefix = f"{_PROG} basin: error:"
+    from bq_jax.qat.basin import basin_config, run_basin_study
+
+    overrides = {"dataset": args.dataset, "seed": args.seed, "data_dir": args.data_dir}
+    for name in ("model", "bits", "qat_epochs", "adaround_iterations", "resolution"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    try:
+        config = basin_config(quick=args.quick, **overrides)
+        out = _out_dir(args)
+    except (ValueError, UsageError) as e:
+        print(f"{prefix} {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _enable_compilation_cache()
+    try:
+        res = run_basin_study(config, out_dir=out, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"{_PROG} basin: interrupted; nothing written to {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (FileNotFoundError, OSError, ValueError) as e:
+        print(f"{prefix} {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return EXIT_FAILED
+    for f in res["findings"]:
+        print(f"[{'holds' if f['holds'] else 'does not hold'}] {f['finding']}: {f['evidence']}")
+    print(f"wrote {os.path.join(out, 'results.json')} and {os.path.join(out, 'report.md')}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- end bq-jax basin
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bq-jax``; returns the exit status (0 ok, 1 failed, 2 usage, 130 Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "basin":
+        return _run_basin(args)
     if args.out is None:
         args.out = os.path.join("results", args.dataset + ("-quick" if args.quick else ""))
     from bq_jax.studies.config import StudyError
