@@ -220,3 +220,25 @@ def test_range_method_study_quick(tmp_path):
     assert "octav" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="range_methods must be"):
         range_method_study_config(range_methods=("percentile",))
+
+
+def test_cli_basin_passes_settings_to_the_study(tmp_path, capsys, monkeypatch):
+    import bq_jax.qat.basin as basin_module
+
+    seen = {}
+
+    def fake_study(config, *, out_dir, progress):
+        seen.update(config=config, out_dir=out_dir, progress=progress)
+        return {"findings": [{"finding": "f", "holds": True, "evidence": "e"}]}
+
+    monkeypatch.setattr(basin_module, "run_basin_study", fake_study)
+    monkeypatch.setattr(cli, "_enable_compilation_cache", lambda: None)
+    out = str(tmp_path / "out")
+    argv = ["basin", "digits", "--quick", "--bits", "2,3", "--qat-epochs", "3", "--out", out]
+    assert cli.main([*argv, "--no-progress", "--seed", "4"]) == 0
+    cfg = seen["config"]
+    assert cfg.quick and cfg.bits == (2, 3) and cfg.qat_epochs == 3 and cfg.seed == 4
+    assert cfg.adaround_iterations == basin_config(quick=True).adaround_iterations
+    assert seen["out_dir"] == out and seen["progress"] is False
+    text = capsys.readouterr().out
+    assert "[holds] f: e" in text and "results.json" in text
