@@ -497,6 +497,11 @@ def _add_basin_command(sub) -> None:
         help="AdaRound steps per layer (default: 2000, or 40 with --quick)",
     )
     p.add_argument(
+        "--range-method",
+        choices=("minmax", "percentile", "mse", "octav", "gaussian"),
+        help="weight range method of every solution (default: minmax)",
+    )
+    p.add_argument(
         "--resolution",
         type=_int_at_least(8, "a grid side"),
         help="side R of the R x R slice grid of the boundary metrics (default: 128, or 24 "
@@ -525,7 +530,8 @@ def _run_basin(args) -> int:
     from bq_jax.qat.basin import basin_config, run_basin_study
 
     overrides = {"dataset": args.dataset, "seed": args.seed, "data_dir": args.data_dir}
-    for name in ("model", "bits", "qat_epochs", "adaround_iterations", "resolution"):
+    names = ("model", "bits", "qat_epochs", "adaround_iterations", "resolution", "range_method")
+    for name in names:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

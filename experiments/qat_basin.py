@@ -11,6 +11,7 @@ Command (from the repository root)::
     python experiments/qat_basin.py                      # full settings -> results/qat_basin
     python experiments/qat_basin.py --quick --out /tmp/qat_basin_quick   # smoke run
     python experiments/qat_basin.py --bits 2,3 --qat-epochs 20
+    python experiments/qat_basin.py --range-method mse --out results/qat_basin/mse_range
 
 Same as ``bq-jax basin``.
 """
@@ -42,6 +43,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--adaround-iterations", type=int, default=None, help="AdaRound steps (default: 2000)"
     )
+    parser.add_argument(
+        "--range-method",
+        default=None,
+        help="weight range method of every solution: minmax, percentile, mse, octav or "
+        "gaussian (default: minmax)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     overrides = {"seed": args.seed}
@@ -49,6 +56,8 @@ def main(argv=None) -> int:
         overrides["bits"] = args.bits
     if args.qat_epochs is not None:
         overrides["qat_epochs"] = args.qat_epochs
+    if args.range_method is not None:
+        overrides["range_method"] = args.range_method
     if args.adaround_iterations is not None:
         overrides["adaround_iterations"] = args.adaround_iterations
     try:
