@@ -1,5 +1,7 @@
 """Layer-wise AdaRound and network-wise rounding: on-grid results, compile-once, errors."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -134,3 +136,100 @@ def test_optimize_rounding_custom_objective(mlp):
         ptq.RoundingConfig(weights=W4, task="none", recon_weight=0.0)
     with pytest.raises(ValueError, match="temperature"):
         ptq.RoundingConfig(weights=W4, temperature=0.0)
+
+
+def test_check_on_grid_rejects_off_grid_and_out_of_range_codes():
+    q = ptq.RoundingQuantizer(0.5, 0.0, -8, 7)
+    ptq.check_on_grid(jnp.array([0.5, -4.0, 3.5]), q)  # codes 1, -8, 7: on the grid
+    with pytest.raises(RuntimeError, match="layer/kernel.*off the integer grid"):
+        ptq.check_on_grid(jnp.array([0.5, 0.3]), q, path="layer/kernel")  # code 0.6
+    with pytest.raises(RuntimeError, match=r"codes in \[-8.0, 8.0\] vs \[-8, 7\]"):
+        ptq.check_on_grid(jnp.array([4.0, -4.0]), q)  # code 8 > qmax
+
+
+def test_learned_rounding_stays_on_grid_for_degenerate_kernels(mlp):
+    """A zero output channel and an outlier weight (codes at qmin / qmax) stay on the grid."""
+    apply_fn, v, x_cal, _ = mlp
+    k = np.array(v["params"]["Dense_1"]["kernel"])
+    k[:, 0] = 0.0
+    k[3, 5] = 20.0 * np.abs(k).max()
+    vd = jax.tree.map(lambda a: a, v)
+    vd["params"]["Dense_1"]["kernel"] = jnp.asarray(k)
+    ada = ptq.AdaRoundConfig(weights=W4, iterations=40, steps_per_call=40)
+    net = ptq.RoundingConfig(weights=W4, iterations=40, steps_per_call=40, slice_resolution=8)
+    for vq in (
+        ptq.adaround(apply_fn, vd, x_cal, ada, jax.random.key(3), progress=False),
+        ptq.optimize_rounding(
+            apply_fn,
+            vd,
+            x_cal,
+            dataclasses.replace(net, gap_weight=10.0),
+            jax.random.key(3),
+            progress=False,
+        ),
+    ):
+        assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(vq))
+        _assert_on_grid(vq, vd, W4)
+        np.testing.assert_array_equal(np.asarray(vq["params"]["Dense_1"]["kernel"])[:, 0], 0.0)
+
+
+def test_learned_rounding_rule_and_calibration_errors(mlp):
+    """quantize_weights' rule errors and the empty-calibration error reach both rounders."""
+    apply_fn, v, x_cal, _ = mlp
+    key = jax.random.key(4)
+    vi = {**v, "counters": {"step": jnp.array(3, jnp.int32)}}
+    ambiguous = [(r"kernel$", W4), (r"Dense_1/", W4)]
+    for make, run in (
+        (
+            lambda **kw: ptq.AdaRoundConfig(iterations=5, **kw),
+            lambda vv, x, cfg: ptq.adaround(apply_fn, vv, x, cfg, key, progress=False),
+        ),
+        (
+            lambda **kw: ptq.RoundingConfig(iterations=5, slice_resolution=8, **kw),
+            lambda vv, x, cfg: ptq.optimize_rounding(apply_fn, vv, x, cfg, key, progress=False),
+        ),
+    ):
+        with pytest.raises(ValueError, match="matches no parameter"):
+            run(v, x_cal, make(weights=[("Conv_", W4)]))
+        with pytest.raises(ValueError, match=r"ambiguous.*Dense_1/kernel"):
+            run(v, x_cal, make(weights=ambiguous, strict=True))
+        with pytest.raises(ValueError, match="counters/step.*non-float leaf of dtype int32"):
+            run(vi, x_cal, make(weights=[("step", W4)], targets=None))
+        with pytest.raises(ValueError, match="non-empty"):
+            run(v, x_cal[:0], make(weights=W4))
+
+
+def test_straight_through_objective_sees_the_hard_rounded_network(mlp):
+    """At the first step (h = frac(W/s)) the objective sees the float kernel through the soft
+    relaxation and the round-to-nearest kernel with straight_through=True -- including each
+    channel's absmax weight, whose W/s = qmax a jitted division can put one ulp below."""
+    apply_fn, v, x_cal, _ = mlp
+    path = "params/Dense_1/kernel"
+
+    def kernel_sum(soft_params, batch):
+        k = ptq.flatten_params(soft_params)[path]
+        loss = jnp.mean(jnp.sum((apply_fn(soft_params, batch["x"]) - batch["logits"]) ** 2, -1))
+        return loss, {"kernel_sum": jnp.sum(k)}
+
+    cfg = ptq.RoundingConfig(weights=W4, iterations=2, steps_per_call=2, slice_resolution=8)
+    expected = {
+        False: ptq.flatten_params(v)[path],
+        True: ptq.flatten_params(ptq.nearest_rounding(v, W4))[path],
+    }
+    for straight_through, k in expected.items():
+        _, info = ptq.optimize_rounding(
+            apply_fn,
+            v,
+            x_cal,
+            dataclasses.replace(cfg, straight_through=straight_through),
+            jax.random.key(5),
+            objective=kernel_sum,
+            progress=False,
+            return_info=True,
+        )
+        np.testing.assert_allclose(
+            float(info["kernel_sum"][0]), float(jnp.sum(k)), rtol=1e-5, atol=1e-5
+        )
+    assert float(jnp.sum(expected[True])) != pytest.approx(float(jnp.sum(expected[False])))
+    with pytest.raises(TypeError, match="straight_through must be a bool"):
+        ptq.RoundingConfig(weights=W4, straight_through=1)

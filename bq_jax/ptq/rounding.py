@@ -168,8 +168,21 @@ def _nearest(w, q: RoundingQuantizer):
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-def _init_v(w, scale, zeta, gamma):
-    return ar.adaround_init(w, scale, zeta=zeta, gamma=gamma)
+def _rounding_start(w, q: RoundingQuantizer, zeta, gamma):
+    """``(w_mid, V0)``: ``w_mid = s (floor(W/s) + 1/2)`` and ``V0`` with ``h(V0) = frac(W/s)``.
+
+    The learned-rounding kernels are computed from ``w_mid`` instead of ``W``: XLA may compute
+    ``W/s`` one ulp away from eager (or another program's) division, so ``floor(W/s)`` of a
+    weight on a grid point (every channel's absmax weight sits on ``qmax``) can come out one
+    code lower inside a jitted step than where ``V0`` was computed; ``w_mid / s`` is half a
+    code away from any integer, so every program agrees on its floor, and
+    ``s (floor(w_mid/s) + h(V0)) = W`` as intended.
+    """
+    x = w / _bcast(q.scale, w)
+    base = jnp.floor(x)
+    w_mid = _bcast(q.scale, w) * (base + 0.5)
+    v0 = ar.adaround_init(x - base, jnp.ones((), w.dtype), zeta=zeta, gamma=gamma)
+    return w_mid, v0
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -433,7 +446,7 @@ def adaround(
         )
         opt, run, traces = _layer_runner(layer.module, q.qmin, q.qmax, hyper, config.iterations)
         traces_before = len(traces)
-        v = _init_v(w, q.scale, config.zeta, config.gamma)
+        w, v = _rounding_start(w, q, config.zeta, config.gamma)
         state = opt.init(v)
         lkey = jax.random.fold_in(key, li)
         hist = []
@@ -542,6 +555,12 @@ class RoundingConfig:
     band_quantile: float = 0.2
     # Resolution R of the R x R grid of the calibration PCA slice.
     slice_resolution: int = 32
+    # Forward pass of the objective: False evaluates it on the soft kernels W~(V) (AdaRound's
+    # relaxation); True on the hard-rounded kernels (h = 1{V >= 0}) with the soft kernels'
+    # gradient (straight-through), so the objective scores the network that is returned.
+    # The relaxation lets a term that only asks to match the float model (the boundary-gap
+    # penalty above all) be met by fractional h that hard rounding then undoes.
+    straight_through: bool = False
     # Candidate leaves and rule strictness, as in ptq.quantize_weights.
     targets: str | None = DEFAULT_TARGETS
     strict: bool = False
@@ -551,6 +570,8 @@ class RoundingConfig:
     def __post_init__(self):
         object.__setattr__(self, "weights", _freeze_rules(self.weights))
         _validate_common(self)
+        if not isinstance(self.straight_through, bool):
+            raise TypeError(f"straight_through must be a bool, got {self.straight_through!r}")
         if self.task not in ("kl", "mse", "none"):
             raise ValueError(f"task must be 'kl', 'mse' or 'none', got {self.task!r}")
         if self.gap_points not in ("band", "grid", "both"):
@@ -624,8 +645,10 @@ def make_rounding_objective(
       ``sum_x w(x) huber(g_Q(x) - g_F(x)) / sum_x w(x)``, ``g = z_a - z_b`` (float top-1 /
       runner-up), ``w = exp(-|g_F| / T)`` (boundary-aware quantization paper) -- on
       ``batch["band_x"]`` and/or ``batch["grid_x"]``. The weighted mean keeps ``G`` on the
-      scale of one near-boundary point's Huber term (quantization moves gaps by ~1e-2, so
-      ``G`` is ~1e-4 and useful ``gap_weight`` values are in the hundreds).
+      scale of one near-boundary point's Huber term: on the digits MLP at 4 bits, ``G`` of
+      the hard-rounded network is ~2 for round-to-nearest and ~0.2 for AdaRound, against a
+      KL term of ~3e-2 and ~4e-3, while soft kernels drive ``G`` below 1e-5 with fractional
+      ``h`` (use ``straight_through=True`` with the gap term).
 
     ``aux`` holds each term. The rounding regulariser is added by :func:`optimize_rounding`.
 
@@ -699,9 +722,11 @@ def optimize_rounding(
         objective(soft_params(V), batch)[0] + reg_weight * active(t) * mean f_reg(V, beta(t))
 
     where ``soft_params(V)`` is ``params`` with every quantized kernel replaced by its soft
-    AdaRound weight, and ``batch`` is sampled each step (``fold_in(key, step)``) from the
-    pools of :func:`rounding_batch_data`: ``batch["x"], batch["logits"]`` (``batch_size``
-    calibration points and their float logits), ``batch["band_x"], batch["band_logits"]``
+    AdaRound weight ``W~`` (with ``config.straight_through``, by
+    ``W~ + stop_gradient(W~_hard - W~)``: hard-rounded values, the soft kernel's gradient),
+    and ``batch`` is sampled each step (``fold_in(key, step)``) from the pools of
+    :func:`rounding_batch_data`: ``batch["x"], batch["logits"]`` (``batch_size`` calibration
+    points and their float logits), ``batch["band_x"], batch["band_logits"]``
     and ``batch["grid_x"], batch["grid_logits"]`` (``gap_batch_size`` each). Default
     objective: :func:`make_rounding_objective` (KL task term + boundary-gap penalty with
     weight ``gap_weight`` and temperature ``temperature``). The result is hard-rounded and
@@ -709,7 +734,8 @@ def optimize_rounding(
 
     Write your own rounding objective: any pure function of the soft params and the batch
     that returns a scalar loss and a dict of scalars works (it is jitted and differentiated
-    with respect to ``V`` through the soft kernels)::
+    with respect to ``V`` through the soft kernels; with ``straight_through=True`` it sees
+    the hard-rounded values)::
 
         def margin_objective(soft_params, batch):
             zq = apply_fn(soft_params, batch["band_x"])
@@ -756,9 +782,10 @@ def optimize_rounding(
     if pools["band_x"].shape[0] == 0:
         raise ValueError("the calibration band is empty; raise band_quantile")
     flat = flatten_params(params)
-    w = {p: flat[p] for p in qs}
+    start = {p: _rounding_start(flat[p], qs[p], config.zeta, config.gamma) for p in qs}
+    w = {p: start[p][0] for p in qs}
+    v0 = {p: start[p][1] for p in qs}
     n_weights = sum(int(np.prod(a.shape)) for a in w.values())
-    v0 = {p: ar.adaround_init(w[p], qs[p].scale, zeta=config.zeta, gamma=config.gamma) for p in qs}
     opt = optax.adam(config.learning_rate)
     traces: list[int] = []
     total = config.iterations
@@ -769,6 +796,9 @@ def optimize_rounding(
         f = dict(base)
         for p in qs:
             f[p] = _soft_kernel(w[p], vs[p], qs[p], config)
+            if config.straight_through:
+                hard = _soft_kernel(w[p], vs[p], qs[p], config, hard=True)
+                f[p] = f[p] + jax.lax.stop_gradient(hard - f[p])
         return unflatten_params(f)
 
     def sample(pools, key):
