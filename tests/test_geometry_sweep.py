@@ -130,6 +130,37 @@ def test_no_retrace_when_only_parameter_values_change(setup):
     assert len(traces) == 2
 
 
+@pytest.mark.parametrize("mode", ["map", "vmap"])
+def test_no_recompile_for_new_values_in_every_entry_point(setup, mode):
+    # Counts traces of apply_fn and compilations of the engine's jitted functions: new
+    # parameter values, a new plane or new inputs of the same shapes reuse the executable.
+    _, params, slc, x = setup
+    traces = []
+
+    def counted(p, xb):
+        traces.append(1)
+        return mlp(p, xb)
+
+    entries = (
+        lambda p, s, xs: G.sweep_labels(counted, p, s, variant_batching=mode),
+        lambda p, s, xs: G.sweep_logits(counted, p, s, variant_batching=mode),
+        lambda p, s, xs: G.evaluate_logits(counted, p, xs, variant_batching=mode),
+    )
+    # apply_fn is traced once per input shape: the logits sweep reuses the labels sweep's
+    # [144, 5] trace, evaluate_logits adds one for its [100, 5] chunk
+    for entry, expected_traces in zip(entries, (1, 1, 2), strict=True):
+        before = (S._sweep_jit._cache_size(), S._eval_jit._cache_size())
+        entry(params, slc, x)
+        assert len(traces) == expected_traces
+        compiled = (S._sweep_jit._cache_size(), S._eval_jit._cache_size())
+        assert sum(compiled) == sum(before) + 1
+        for scale in (2.0, -0.5):
+            new = jax.tree.map(lambda l, a=scale: a * l + 0.25, params)
+            entry(new, G.pca_slice(scale * x + 1.0, resolution=12), scale * x)
+        assert len(traces) == expected_traces
+        assert (S._sweep_jit._cache_size(), S._eval_jit._cache_size()) == compiled
+
+
 def test_memory_beyond_output_is_flat_in_resolution():
     params = stack([init_mlp(jax.random.key(i), d=16, h=32) for i in range(2)])
     x = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
@@ -217,3 +248,7 @@ def test_defaults_per_backend():
     assert S.resolve_variant_batching("auto", "gpu") == "vmap"
     assert G.default_chunk_size(64, "cpu") & (G.default_chunk_size(64, "cpu") - 1) == 0
     assert G.default_chunk_size(3072, "cpu") <= G.default_chunk_size(64, "cpu")
+    # under vmap the V variants share the chunk budget, so scratch memory does not grow with V
+    assert G.default_chunk_size(64, "cpu", variants=8) == G.default_chunk_size(64, "cpu") // 8
+    assert G.default_chunk_size(64, "cpu", variants=3) == G.default_chunk_size(64, "cpu") // 4
+    assert G.default_chunk_size(3072, "cpu", variants=64) == 64  # the floor

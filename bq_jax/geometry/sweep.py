@@ -7,7 +7,9 @@ chunk is shifted back to end at the last point, so any chunk size works and noth
 padded), and batches over the variant axis ``V`` either sequentially (``"map"``: an outer
 ``fori_loop`` over variants, like ``lax.map`` but writing straight into the output; each chunk
 is one large dense batch) or with ``vmap`` (all variants per chunk). Memory beyond the output
-is one chunk of points and activations, whatever R is.
+is one chunk of points and activations, whatever R is; under ``vmap`` the V variants share
+the default chunk (``default_chunk_size(..., variants=V)``), so it does not grow with V
+either.
 
 The jitted functions are module-level ``jax.jit`` objects with ``apply_fn``, the chunk size
 and the batching mode static, and the slice's resolution and input shape static in its
@@ -51,20 +53,27 @@ _ACCEL_CHUNK_ELEMENTS = 2**23
 _MIN_CHUNK, _MAX_CHUNK = 64, 2**16
 
 
-def default_chunk_size(dim: int, backend: str | None = None) -> int:
-    """Points per chunk when ``chunk_size=None``: ``clip(E // D, 64, 65536)`` rounded down to a
-    power of two, with ``E = 2^19`` input elements on CPU and ``2^23`` on accelerators.
+def default_chunk_size(dim: int, backend: str | None = None, *, variants: int = 1) -> int:
+    """Points per chunk when ``chunk_size=None``: ``clip(E // (D * variants), 64, 65536)``
+    rounded down to a power of two, with ``E = 2^19`` input elements on CPU and ``2^23`` on
+    accelerators.
 
     Large chunks keep the model's matmuls efficient; the bound on ``chunk * D`` keeps the
     per-chunk activations (which scale with D for conv nets) in the tens of MB on CPU.
+    ``variants`` is the number of variants evaluated on a chunk at once: V under
+    ``variant_batching="vmap"`` (the budget is shared, so memory does not grow with V), 1
+    under ``"map"``.
 
     Example:
         >>> default_chunk_size(64, "cpu")
         8192
+        >>> default_chunk_size(64, "cpu", variants=8)
+        1024
     """
     backend = backend or jax.default_backend()
     budget = _CPU_CHUNK_ELEMENTS if backend == "cpu" else _ACCEL_CHUNK_ELEMENTS
-    c = max(_MIN_CHUNK, min(_MAX_CHUNK, budget // max(int(dim), 1)))
+    rows = max(int(dim), 1) * max(int(variants), 1)
+    c = max(_MIN_CHUNK, min(_MAX_CHUNK, budget // rows))
     return 1 << (c.bit_length() - 1)
 
 
@@ -79,9 +88,9 @@ def resolve_variant_batching(variant_batching: str, backend: str | None = None) 
     return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
-def _check_chunk(chunk_size, dim: int) -> int:
+def _check_chunk(chunk_size, dim: int, variants: int = 1) -> int:
     if chunk_size is None:
-        return default_chunk_size(dim)
+        return default_chunk_size(dim, variants=variants)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
         raise TypeError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     if chunk_size < 1:
@@ -311,9 +320,9 @@ def _run_sweep(
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable (params, x) -> logits, got {apply_fn!r}")
     slc = _as_slice(slc)
-    num_variants(params_stack)
-    chunk = _check_chunk(chunk_size, slc.dim)
+    v = num_variants(params_stack)
     mode = resolve_variant_batching(variant_batching)
+    chunk = _check_chunk(chunk_size, slc.dim, v if mode == "vmap" else 1)
     out, finite = _sweep_jit(
         params_stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=labels
     )
@@ -341,8 +350,9 @@ def sweep_logits(
         params_stack: pytree whose leaves share a leading variant axis V.
         slc: a :class:`Slice`, a stacked Slice (leading axis S) or a sequence of Slices of equal
             resolution and input shape.
-        chunk_size: grid points per model call (None: :func:`default_chunk_size`). Results do
-            not depend on it; memory beyond the output is one chunk.
+        chunk_size: grid points per model call (None: :func:`default_chunk_size`, shared by
+            the V variants under vmap). Results do not depend on it; memory beyond the output
+            is one chunk (times V under vmap).
         variant_batching: ``"map"`` (one variant after another), ``"vmap"``, or ``"auto"``
             (map on CPU, vmap elsewhere; see the module docstring).
         check_finite: raise if any variant gives NaN/inf logits (checked on the host after the
@@ -411,9 +421,9 @@ def _run_eval(apply_fn, params_stack, x, chunk_size, variant_batching, check_fin
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a non-empty batch [N, *input_shape], got shape {x.shape}")
-    num_variants(params_stack)
-    chunk = _check_chunk(chunk_size, math.prod(x.shape[1:]))
+    v = num_variants(params_stack)
     mode = resolve_variant_batching(variant_batching)
+    chunk = _check_chunk(chunk_size, math.prod(x.shape[1:]), v if mode == "vmap" else 1)
     out, finite = _eval_jit(
         params_stack, x, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=False
     )
