@@ -152,6 +152,7 @@ def test_basin_outputs_written(basin):
         report = f.read()
     assert "figures/loss_along_line_2bit.png" in report
     assert all(m in report for m in BASIN_METHODS)
+    assert "python experiments/qat_basin.py --quick --adaround-iterations 20" in report
 
 
 def test_basin_config_rejects_bad_settings():

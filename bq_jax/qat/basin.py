@@ -43,8 +43,8 @@ results.json keys
   ``deployed_loss`` and ``sharp_displacement``.
 * ``findings``: ``{"finding", "holds", "evidence"}`` checked from the numbers.
 
-Command: ``python experiments/qat_basin.py`` (full settings, ~5-10 min on 2 CPU cores) or
-``--quick`` (seconds; for tests).
+Command: ``python experiments/qat_basin.py`` (full settings, about 2-3 min on 2 shared CPU
+cores) or ``--quick`` (well under a minute; for tests).
 """
 
 from __future__ import annotations
@@ -607,6 +607,26 @@ _TRAJ_COLUMNS = (
 )
 
 
+def _command(results: dict) -> str:
+    """The ``experiments/qat_basin.py`` command line that reproduces ``results``."""
+    cfg = results["config"]
+    default = basin_config(quick=bool(results["quick"])).to_dict()
+    parts = ["python experiments/qat_basin.py"] + (["--quick"] if results["quick"] else [])
+    for key, flag in (
+        ("seed", "--seed"),
+        ("bits", "--bits"),
+        ("qat_epochs", "--qat-epochs"),
+        ("adaround_iterations", "--adaround-iterations"),
+        ("range_method", "--range-method"),
+    ):
+        value, ref = cfg[key], default[key]
+        if key == "bits":
+            value, ref = ",".join(str(b) for b in value), ",".join(str(b) for b in ref)
+        if value != ref:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def write_basin_outputs(results: dict, out_dir: str) -> dict[str, str]:
     """Writes ``results.json``, ``report.md`` and the figures of a basin-study result.
 
@@ -740,9 +760,7 @@ def write_basin_outputs(results: dict, out_dir: str) -> dict[str, str]:
     sec = rep.section("Figures")
     for name, path in figs.items():
         sec.figure(path, name.replace("_", " "))
-    rep.section("Command").code(
-        "python experiments/qat_basin.py" + (" --quick" if results["quick"] else ""), "bash"
-    )
+    rep.section("Command").code(_command(results), "bash")
     files["report"] = os.path.join(out_dir, "report.md")
     rep.write(files["report"])
     files.update(figs)
