@@ -389,7 +389,8 @@ def _findings(results: dict) -> list[dict]:
                             "than the float gradient at the same iterates",
                             "holds": bool(cq > 0 and cq > cf),
                             "evidence": f"mean cos(-g_Q, w_F - w_q) {cq:.3f} vs "
-                            f"mean cos(-grad L(w), w_F - w_q) {cf:.3f}",
+                            f"mean cos(-grad L(w), w_F - w_q) {cf:.3f} (a random direction: "
+                            f"about +-{1 / np.sqrt(results['num_params']):.3f})",
                         }
                     )
                 s0, s1 = t["sharp_displacement_start"], t["sharp_displacement_end"]
@@ -748,7 +749,9 @@ def write_basin_outputs(results: dict, out_dir: str) -> dict[str, str]:
         "the same latent iterate w (what the float-gradient ablation follows); cosine_sharp: "
         "cos(-g_Q, -V_k V_k^T (w_q - w_F)); cosine_step: cos of the actual latent move to the "
         "next snapshot with w_F - w_q. sharp_displacement: |V_k^T (w_q - w_F)|. Means over "
-        "the snapshots."
+        "the snapshots. For scale: two independent random directions in the "
+        f"{results['num_params']}-dimensional weight space have |cos| of about "
+        f"1/sqrt(P) = {1 / np.sqrt(results['num_params']):.4f}."
     )
     fmt = {c: ".4g" for c in _TRAJ_COLUMNS if c not in ("bits", "method")}
     sec.table(results["trajectory_summary"], list(_TRAJ_COLUMNS), formats=fmt)
