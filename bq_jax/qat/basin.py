@@ -738,7 +738,9 @@ def write_basin_outputs(results: dict, out_dir: str) -> dict[str, str]:
         f"(isotropic d: {results['hessian']['sharp_fraction_random']:.4f}). "
         "quadratic_topk_share: share of d^T H d carried by the top-k directions. "
         "random_direction_excess: excess loss of random directions with d's per-layer norms. "
-        f"boundary_jaccard on the training PCA slice at resolution {results['resolution']}."
+        "boundary_jaccard: Jaccard distance of the boundary (0 = the float boundary) on the "
+        f"training PCA slice at resolution {results['resolution']}; flip_rate: held-out "
+        "predictions that differ from the float model's."
     )
     fmt = {c: ".4g" for c in _ROW_COLUMNS if c not in ("bits", "method")}
     sec.table(results["rows"], list(_ROW_COLUMNS), formats=fmt)
