@@ -1,0 +1,371 @@
+"""Throughput, FLOP/s, memory and compile time of the grid sweeps (``bq_jax.geometry.sweep``).
+
+For each model and each grid resolution R and variant count V, the script compiles the sweep
+``sweep_labels`` runs (ahead of time, so compile time is measured apart from run time) for
+every variant-batching mode, runs it in ``--repeats`` rounds (each round runs every candidate
+of the (R, V) group once: the sweeps, the loops below and the square matmul, so load from
+other processes hits them alike) and prints:
+
+* ``pts*V/s``: grid points x variants evaluated per second (best of the rounds);
+* ``GFLOP/s`` and ``frac``: achieved FLOP/s and its fraction of a large jitted square
+  matmul's FLOP/s timed in the same rounds (FLOPs per point from XLA's cost analysis of
+  ``apply_fn`` compiled on a batch of points, times points x variants);
+* ``temp MiB`` / ``out MiB``: the compiled executable's scratch memory and output size
+  (``memory_analysis``); the output (int32 labels, V R^2 entries) necessarily grows with R,
+  the scratch memory is what the chunking keeps flat;
+* ``compile s`` and ``run s``;
+* the same work as a plain Python loop over variants, two ways, in the same run:
+  ``loop-whole`` calls one jitted whole-grid evaluation per variant (all R^2 points in one
+  batch), ``loop-chunked`` calls ``sweep_labels`` once per variant (V = 1); ``x whole`` /
+  ``x chunked`` are the speed-ups of the batched sweep over them.
+
+Models: ``mlp`` on digits-shaped inputs (64 features, the digits default), ``resnet`` (the
+cifar10 default of ``bq_jax.train.DEFAULT_MODELS``) and the small ``cnn`` on CIFAR-shaped
+inputs (32x32x3). Parameters are V independent initialisations; the slice is the PCA slice of
+256 Gaussian inputs (throughput does not depend on the values). A configuration whose
+points x variants x FLOPs-per-point exceeds ``--max-gflop`` is skipped and listed with its
+estimated work; the whole-grid loop is skipped when its compiled memory exceeds
+``--max-loop-mib``; skipped configurations are still compiled, for their compile time and
+memory. On a CPU the CIFAR models exceed the default budget at every R >= 256; run them at a
+smaller R (e.g. ``--models resnet cnn --resolutions 32 64 --variants 1 8 --max-gflop 200``).
+
+Command (on 2 CPU cores shared with other jobs: about 2 minutes with --quick, 6 with the
+defaults)::
+
+    python experiments/bench_sweep.py [--quick] [--models mlp resnet cnn]
+        [--resolutions 256 512 1024 2048] [--variants 1 8 64] [--repeats 3] [--min-time 1]
+        [--modes map vmap] [--chunk-sizes 1024 8192] [--max-gflop 150] [--max-loop-mib 3072]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bq_jax import geometry as G
+from bq_jax.geometry import sweep as S
+from bq_jax.models import make_model
+from bq_jax.train import DEFAULT_MODELS
+
+INPUT_SHAPES = {"mlp": (64,), "cnn": (32, 32, 3), "resnet": (32, 32, 3)}
+DATA_NAMES = {"mlp": "digits-shaped (64,)", "cnn": "cifar10-shaped", "resnet": "cifar10-shaped"}
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return cost or {}
+
+
+def _loop(fn, variants, slc):
+    return [fn(p, slc) for p in variants]
+
+
+def _time_interleaved(cands: dict, repeats: int, min_time: float = 0.0) -> dict:
+    """Best wall time of each candidate over rounds that run every candidate once (after one
+    warm-up call each), so that load from other processes hits all candidates alike.
+
+    Runs ``repeats`` rounds, then more (at most ``8 * repeats`` in all) until the fastest
+    candidate has been timed for ``min_time`` seconds in total: short runs get more chances at
+    an undisturbed window.
+    """
+    for fn in cands.values():
+        jax.block_until_ready(fn())
+    best = dict.fromkeys(cands, math.inf)
+    spent = dict.fromkeys(cands, 0.0)
+    rounds = 0
+    while rounds < repeats or (min(spent.values()) < min_time and rounds < 8 * repeats):
+        for k, fn in cands.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            dt = time.perf_counter() - t0
+            best[k] = min(best[k], dt)
+            spent[k] += dt
+        rounds += 1
+    return best
+
+
+def matmul_candidate(n: int):
+    """``(fn, flops)``: a jitted float32 ``[n, n] @ [n, n]`` and its 2 n^3 FLOPs."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    return functools.partial(jax.jit(jnp.matmul), a, b), 2.0 * n**3
+
+
+def matmul_flops(n: int, repeats: int) -> float:
+    fn, flops = matmul_candidate(n)
+    return flops / _time_interleaved({"matmul": fn}, repeats)["matmul"]
+
+
+def flops_per_point(apply_fn, params, x) -> float:
+    compiled = jax.jit(apply_fn).lower(params, x).compile()
+    return float(_cost(compiled).get("flops", float("nan"))) / x.shape[0]
+
+
+def whole_grid_fn(apply_fn):
+    """One jitted evaluation of one variant on every grid point at once."""
+
+    def run(params, slc):
+        x = slc.points(flat=False).reshape((slc.num_points,) + slc.input_shape)
+        return jnp.argmax(apply_fn(params, x), axis=-1).astype(jnp.int32)
+
+    return jax.jit(run)
+
+
+def mib(nbytes) -> float:
+    return nbytes / 2**20
+
+
+def bench_model(name, args, peak, rows, skipped):
+    shape = INPUT_SHAPES[name]
+    model = make_model(name, num_classes=10, input_shape=shape)
+    apply_fn = model.apply_fn  # one object for every call: the sweep cache is keyed on it
+    dim = math.prod(shape)
+    x = np.random.default_rng(0).normal(size=(256,) + shape).astype(np.float32)
+    v_max = max(args.variants)
+    all_variants = [model.init(jax.random.key(i)) for i in range(v_max)]
+    chunk_default = S.default_chunk_size(dim)
+
+    def default_chunk(mode, v):  # what sweep_labels uses with chunk_size=None
+        return S.default_chunk_size(dim, variants=v if mode == "vmap" else 1)
+
+    fpp = flops_per_point(apply_fn, all_variants[0], x[: min(chunk_default, 256)])
+    print(
+        f"\n== {name} ({DATA_NAMES[name]}, D={dim}): {fpp / 1e3:.1f} kFLOP per point (XLA cost "
+        f"analysis), default chunk {chunk_default} points (divided by V under vmap), auto "
+        f"batching = "
+        f"{S.resolve_variant_batching('auto')}"
+    )
+    hdr = (
+        f"{'R':>5} {'V':>3} {'mode':>5} {'chunk':>6} {'compile s':>9} {'run s':>8} "
+        f"{'pts*V/s':>9} {'GFLOP/s':>8} {'frac':>5} {'temp MiB':>8} {'out MiB':>7}"
+    )
+    print(hdr)
+    whole = whole_grid_fn(apply_fn)
+    matmul_fn, matmul_work = matmul_candidate(args.matmul_size)
+    for r in args.resolutions:
+        slc = G.pca_slice(x, resolution=r)
+        n = r * r
+        for v in args.variants:
+            work = n * v * fpp
+            stack = jax.tree.map(lambda *l: jnp.stack(l), *all_variants[:v])
+            if work > args.max_gflop * 1e9:
+                skipped.append(
+                    f"{name} R={r} V={v}: {work / 1e9:.0f} GFLOP per run > --max-gflop "
+                    f"{args.max_gflop:g} (~{work / (0.5 * peak):.0f} s at half the matmul rate); "
+                    "compiled only"
+                )
+                for mode in args.modes:
+                    chunk = default_chunk(mode, v)
+                    t0 = time.perf_counter()
+                    compiled = S._sweep_jit.lower(
+                        stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=True
+                    ).compile()
+                    mem = compiled.memory_analysis()
+                    row = dict(
+                        model=name,
+                        R=r,
+                        V=v,
+                        mode=mode,
+                        chunk=chunk,
+                        default_chunk=True,
+                        run_s=None,
+                        compile_s=time.perf_counter() - t0,
+                        temp=mem.temp_size_in_bytes,
+                        out=mem.output_size_in_bytes,
+                    )
+                    rows.append(row)
+                    print(
+                        f"{r:>5} {v:>3} {mode:>5} {chunk:>6} {row['compile_s']:>9.2f} "
+                        f"{'(not run: work budget)':>38} {mib(row['temp']):>8.1f} "
+                        f"{mib(row['out']):>7.1f}"
+                    )
+                continue
+            singles = [jax.tree.map(lambda l, i=i: l[i], stack) for i in range(v)]
+            one = [jax.tree.map(lambda l: l[None], p) for p in singles]
+            cands, info = {}, {}
+            for mode in args.modes:
+                for chunk in args.chunk_sizes or [default_chunk(mode, v)]:
+                    t0 = time.perf_counter()
+                    compiled = S._sweep_jit.lower(
+                        stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=True
+                    ).compile()
+                    mem = compiled.memory_analysis()
+                    info[(mode, chunk)] = dict(
+                        compile_s=time.perf_counter() - t0,
+                        temp=mem.temp_size_in_bytes,
+                        out=mem.output_size_in_bytes,
+                    )
+                    cands[(mode, chunk)] = functools.partial(compiled, stack, slc)
+            # loop 1: one jitted whole-grid evaluation per variant
+            t0 = time.perf_counter()
+            loop_compiled = whole.lower(singles[0], slc).compile()
+            loop_mem = loop_compiled.memory_analysis()
+            loop_mib = mib(loop_mem.temp_size_in_bytes + loop_mem.output_size_in_bytes)
+            info["loop-whole"] = dict(compile_s=time.perf_counter() - t0, mib=loop_mib)
+            if loop_mib > args.max_loop_mib:
+                skipped.append(
+                    f"{name} R={r} V={v} loop-whole: {loop_mib:.0f} MiB > --max-loop-mib "
+                    f"{args.max_loop_mib:g}"
+                )
+            else:
+                cands["loop-whole"] = functools.partial(_loop, loop_compiled, singles, slc)
+            # loop 2: sweep_labels per variant (V = 1, chunked like the batched sweep)
+            sweep_one = functools.partial(G.sweep_labels, apply_fn)
+            cands["loop-chunked"] = functools.partial(_loop, sweep_one, one, slc)
+            cands["matmul"] = matmul_fn
+            times = _time_interleaved(cands, args.repeats, args.min_time)
+            mm_rate = matmul_work / times["matmul"]
+            sweeps = ((k, t) for k, t in times.items() if isinstance(k, tuple))
+            for (mode, chunk), t_run in sweeps:
+                flops = work / t_run
+                row = dict(
+                    model=name,
+                    R=r,
+                    V=v,
+                    mode=mode,
+                    chunk=chunk,
+                    default_chunk=chunk == default_chunk(mode, v),
+                    run_s=t_run,
+                    rate=n * v / t_run,
+                    flops=flops,
+                    frac=flops / mm_rate,
+                    matmul=mm_rate,
+                    **info[(mode, chunk)],
+                )
+                rows.append(row)
+                print(
+                    f"{r:>5} {v:>3} {mode:>5} {chunk:>6} {row['compile_s']:>9.2f} {t_run:>8.3f} "
+                    f"{n * v / t_run:>9.3g} {flops / 1e9:>8.1f} {flops / mm_rate:>5.2f} "
+                    f"{mib(row['temp']):>8.1f} {mib(row['out']):>7.1f}"
+                )
+            auto_mode = S.resolve_variant_batching("auto")
+            sweep_times = [t for k, t in times.items() if isinstance(k, tuple)]
+            t_auto = times.get((auto_mode, default_chunk(auto_mode, v)), min(sweep_times))
+            w = info["loop-whole"]
+            msg = f"{r:>5} {v:>3} loop-whole: compile {w['compile_s']:.2f} s, {w['mib']:.0f} MiB"
+            if "loop-whole" in times:
+                t = times["loop-whole"]
+                msg += f", run {t:.3f} s; auto sweep x{t / t_auto:.2f} faster"
+                rows.append(dict(model=name, R=r, V=v, mode="loop-whole", run_s=t))
+            else:
+                msg += " (not run: memory)"
+            t = times["loop-chunked"]
+            rows.append(dict(model=name, R=r, V=v, mode="loop-chunked", run_s=t))
+            print(msg + f" | loop-chunked: run {t:.3f} s; auto sweep x{t / t_auto:.2f} faster")
+            print(f"{r:>5} {v:>3} matmul in the same rounds: {mm_rate / 1e9:.1f} GFLOP/s")
+
+
+def summary(rows, peak):
+    mlp = [r for r in rows if r["model"] == "mlp" and r.get("default_chunk", True)]
+    if not mlp:
+        return
+    print("\n== targets (mlp, R=512, V=8, default chunk, auto batching)")
+    auto_mode = S.resolve_variant_batching("auto")
+
+    def get(r, v, mode):
+        return [x for x in mlp if x["R"] == r and x["V"] == v and x["mode"] == mode]
+
+    sweep = [x for x in get(512, 8, auto_mode) if x["run_s"] is not None]
+    if sweep:
+        s = min(sweep, key=lambda x: x["run_s"])
+        for base in ("loop-whole", "loop-chunked"):
+            b = get(512, 8, base)
+            if b:
+                ratio = b[0]["run_s"] / s["run_s"]
+                print(f"  speed-up over {base}: x{ratio:.2f} (target >= 1.5: {ratio >= 1.5})")
+        frac = s["frac"]
+        print(
+            f"  {s['flops'] / 1e9:.1f} GFLOP/s = {frac:.2f} of the square matmul's "
+            f"{s['matmul'] / 1e9:.1f} GFLOP/s in the same rounds (target >= 0.6: {frac >= 0.6})"
+        )
+        top = max(peak, *(x["matmul"] for x in rows if "matmul" in x))
+        print(
+            f"  = {s['flops'] / top:.2f} of the fastest square matmul seen in this run "
+            f"({top / 1e9:.1f} GFLOP/s)"
+        )
+    for v in sorted({x["V"] for x in mlp}):
+        lo, hi = get(256, v, auto_mode), get(2048, v, auto_mode)
+        if lo and hi:
+            a, b = min(x["temp"] for x in lo), min(x["temp"] for x in hi)
+            ta, tb = a + lo[0]["out"], b + hi[0]["out"]
+            print(
+                f"  V={v}: scratch memory R=2048 / R=256 = {mib(b):.2f} / {mib(a):.2f} MiB = "
+                f"x{b / a:.3f} (target <= 1.3: {b / a <= 1.3}); with the int32 output "
+                f"{mib(tb):.1f} / {mib(ta):.1f} MiB = x{tb / ta:.1f}"
+            )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["mlp", DEFAULT_MODELS["cifar10"], "cnn"])
+    p.add_argument("--resolutions", nargs="+", type=int, default=[256, 512, 1024, 2048])
+    p.add_argument("--variants", nargs="+", type=int, default=[1, 8, 64])
+    p.add_argument("--modes", nargs="+", default=["map", "vmap"], choices=["map", "vmap"])
+    p.add_argument(
+        "--chunk-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        help="points per chunk (default: the engine's default_chunk_size)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timing rounds (best of)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=1.0,
+        help="more rounds (up to 8x --repeats) until each ran this long (s)",
+    )
+    p.add_argument(
+        "--max-gflop",
+        type=float,
+        default=150.0,
+        help="skip configurations with more work per run (GFLOP)",
+    )
+    p.add_argument(
+        "--max-loop-mib",
+        type=float,
+        default=3072.0,
+        help="skip the whole-grid loop when its compiled memory is larger",
+    )
+    p.add_argument("--matmul-size", type=int, default=2048)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="repeats 2, max 40 GFLOP per run (minutes on 2 CPU cores)",
+    )
+    args = p.parse_args()
+    for m in args.models:
+        if m not in INPUT_SHAPES:
+            p.error(f"unknown model {m!r}; known: {', '.join(INPUT_SHAPES)}")
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
+        args.max_gflop = min(args.max_gflop, 40.0)
+    print(
+        f"backend {jax.default_backend()}, devices {jax.devices()}, jax {jax.__version__}; "
+        f"repeats {args.repeats} (best of), max {args.max_gflop:g} GFLOP per run"
+    )
+    peak = matmul_flops(args.matmul_size, max(5, args.repeats))
+    print(
+        f"square matmul {args.matmul_size}^2 float32: {peak / 1e9:.1f} GFLOP/s (used only to "
+        "estimate skipped work; every group of runs below times the matmul in its own rounds)"
+    )
+    rows, skipped = [], []
+    for name in args.models:
+        bench_model(name, args, peak, rows, skipped)
+    summary(rows, peak)
+    if skipped:
+        print("\n== skipped")
+        for s in skipped:
+            print("  " + s)
+
+
+if __name__ == "__main__":
+    main()
