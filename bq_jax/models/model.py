@@ -252,10 +252,12 @@ def _lecun_kernels(key, params):
     """Replaces every ``kernel`` leaf of ``params`` with LeCun-normal values drawn at once."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     is_kernel = [getattr(path[-1], "key", None) == "kernel" for path, _ in leaves]
-    total = sum(int(np.prod(leaf.shape)) for (_, leaf), k in zip(leaves, is_kernel) if k)
+    total = sum(
+        int(np.prod(leaf.shape)) for (_, leaf), k in zip(leaves, is_kernel, strict=True) if k
+    )
     z = jax.random.truncated_normal(key, -2.0, 2.0, (total,), jnp.float32)
     out, offset = [], 0
-    for (_, leaf), k in zip(leaves, is_kernel):
+    for (_, leaf), k in zip(leaves, is_kernel, strict=True):
         if not k:
             out.append(leaf)
             continue
