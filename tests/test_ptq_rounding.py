@@ -233,3 +233,41 @@ def test_straight_through_objective_sees_the_hard_rounded_network(mlp):
     assert float(jnp.sum(expected[True])) != pytest.approx(float(jnp.sum(expected[False])))
     with pytest.raises(TypeError, match="straight_through must be a bool"):
         ptq.RoundingConfig(weights=W4, straight_through=1)
+
+
+def test_optimize_rounding_starts_from_given_rounding(mlp):
+    apply_fn, v, x_cal, _ = mlp
+    flat = ptq.flatten_params(v)
+    rng = np.random.default_rng(1)
+    start = dict(flat)
+    for path in ("params/Dense_0/kernel", "params/Dense_1/kernel", "params/Dense_2/kernel"):
+        qp = ptq._quant.compute_qparams(flat[path], W4)
+        s = jnp.asarray(qp.scale).reshape(1, -1)
+        up = jnp.asarray(rng.integers(0, 2, size=flat[path].shape), jnp.float32)
+        x = flat[path] / s
+        # Weights on a grid point (each channel's absmax) keep their code.
+        lo = jnp.where(jnp.abs(x - jnp.round(x)) < 1e-3, jnp.round(x), jnp.floor(x))
+        start[path] = s * jnp.clip(lo + up, qp.qmin, qp.qmax)
+    start = ptq.unflatten_params(start)
+    cfg = ptq.RoundingConfig(weights=W4, iterations=1, straight_through=True, steps_per_call=1)
+    vq = ptq.optimize_rounding(
+        apply_fn, v, x_cal, cfg, jax.random.key(0), init_params=start, progress=False
+    )
+    _assert_on_grid(vq, v, W4)
+    for path, a in ptq.flatten_params(start).items():
+        np.testing.assert_array_equal(np.asarray(ptq.flatten_params(vq)[path]), np.asarray(a))
+
+    off = ptq.flatten_params(start)
+    off["params/Dense_1/kernel"] = off["params/Dense_1/kernel"] + 0.3 * jnp.asarray(
+        ptq._quant.compute_qparams(flat["params/Dense_1/kernel"], W4).scale
+    ).reshape(1, -1)
+    with pytest.raises(ValueError, match="Dense_1/kernel: rounded weights are off the integer"):
+        ptq.optimize_rounding(
+            apply_fn, v, x_cal, cfg, jax.random.key(0), init_params=ptq.unflatten_params(off)
+        )
+    zero = ptq.flatten_params(start)
+    zero["params/Dense_0/kernel"] = jnp.zeros_like(flat["params/Dense_0/kernel"])
+    with pytest.raises(ValueError, match="neither floor"):
+        ptq.optimize_rounding(
+            apply_fn, v, x_cal, cfg, jax.random.key(0), init_params=ptq.unflatten_params(zero)
+        )

@@ -185,6 +185,30 @@ def _rounding_start(w, q: RoundingQuantizer, zeta, gamma):
     return w_mid, v0
 
 
+# h(V0) of a rounding variable initialised from a given code: 1 - margin (round up) or margin
+# (round down). Not 0 / 1 exactly: there h saturates and V would get no gradient.
+_INIT_H_MARGIN = 0.01
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _rounding_start_from(w, w_init, q: RoundingQuantizer, zeta, gamma):
+    """``(V0, reachable)``: ``V0`` whose hard rounding gives the codes of ``w_init``.
+
+    ``h(V0)`` is ``1 - _INIT_H_MARGIN`` where the code of ``w_init`` is ``floor(W/s) + 1``
+    (after clipping to the code range) and ``_INIT_H_MARGIN`` where it is ``floor(W/s)``;
+    ``reachable`` is False if some code is neither (not a rounding of ``W``).
+    """
+    s = _bcast(q.scale, w)
+    zp = _bcast(q.zero_point, w)
+    base = jnp.floor(w / s)
+    code = jnp.round(w_init / s + zp)
+    down = jnp.clip(base + zp, q.qmin, q.qmax)
+    up = jnp.clip(base + 1 + zp, q.qmin, q.qmax)
+    h = jnp.where(code == down, _INIT_H_MARGIN, 1.0 - _INIT_H_MARGIN).astype(w.dtype)
+    v0 = ar.adaround_init(h, jnp.ones((), w.dtype), zeta=zeta, gamma=gamma)
+    return v0, jnp.all((code == down) | (code == up))
+
+
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _finish(w, v, q, zeta, gamma):
     """``(h(V), hard-rounded kernel)``."""
@@ -628,6 +652,36 @@ class RoundingConfig:
             raise ValueError("the objective is empty: task='none', recon_weight=0, gap_weight=0")
 
 
+def _init_from(w_mid, flat_init, qs: Mapping[str, RoundingQuantizer], config) -> dict:
+    """Rounding variables that reproduce the kernels of ``init_params`` (see optimize_rounding).
+
+    ``w_mid``: the kernels of :func:`_rounding_start` (``floor`` agrees across programs).
+    """
+    flat = w_mid
+    v0 = {}
+    for p, q in qs.items():
+        if p not in flat_init:
+            raise ValueError(f"init_params has no {p!r}; it must hold every quantized kernel")
+        w_init = jnp.asarray(flat_init[p], flat[p].dtype)
+        if w_init.shape != flat[p].shape:
+            raise ValueError(
+                f"init_params[{p!r}] has shape {w_init.shape}, params has {flat[p].shape}"
+            )
+        try:
+            check_on_grid(w_init, q, path=p)
+        except RuntimeError as e:
+            raise ValueError(
+                f"init_params must hold kernels on the grids of config.weights: {e}"
+            ) from None
+        v0[p], reachable = _rounding_start_from(flat[p], w_init, q, config.zeta, config.gamma)
+        if not bool(reachable):
+            raise ValueError(
+                f"init_params[{p!r}] is on the grid but some codes are neither floor(W/s) nor "
+                "floor(W/s) + 1 of params' kernel; only roundings of params can be a start"
+            )
+    return v0
+
+
 def _top2_gap(logits_q, logits_f):
     """``g = z_a - z_b`` with a, b the float model's top-1 and runner-up classes."""
     order = jnp.argsort(-logits_f, axis=-1)
@@ -747,6 +801,7 @@ def optimize_rounding(
     key: jax.Array,
     *,
     objective: Callable | None = None,
+    init_params=None,
     progress: bool = True,
     return_info: bool = False,
 ):
@@ -792,6 +847,12 @@ def optimize_rounding(
       key: PRNG key.
       objective: ``objective(soft_params, batch) -> (loss, aux)``; default
         ``make_rounding_objective(apply_fn, params, config)``.
+      init_params: optional variables dict to start from (e.g. the result of
+        :func:`adaround` on the same grids): every quantized kernel must lie on its grid and
+        round ``params``' kernel down or up (clipped to the code range); ``V`` starts with
+        ``h = 0.99`` where it rounds up and ``0.01`` where it rounds down, so the hard
+        rounding before any step is ``init_params`` and the soft kernels are within 0.01
+        of a code of it. Default: ``h(V) = frac(W/s)`` (the float weights).
       progress: tqdm progress bar.
       return_info: also return ``{"loss", "reg", <aux keys>: per-step arrays,
         "soft_fraction": fraction of h not in {0,1} before hard rounding, "traces": int}``.
@@ -820,6 +881,8 @@ def optimize_rounding(
     start = {p: _rounding_start(flat[p], qs[p], config.zeta, config.gamma) for p in qs}
     w = {p: start[p][0] for p in qs}
     v0 = {p: start[p][1] for p in qs}
+    if init_params is not None:
+        v0 = _init_from(w, flatten_params(init_params), qs, config)
     n_weights = sum(int(np.prod(a.shape)) for a in w.values())
     opt = optax.adam(config.learning_rate)
     traces: list[int] = []
