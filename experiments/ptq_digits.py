@@ -38,7 +38,7 @@ candidate), ``methods``: {method: {accuracy, rec_error, boundary_jaccard, pair_o
 flip_rate}}) and ``results.md`` (table: mean +- std over seeds and per-seed values) under
 ``--out-dir`` (default ``results/ptq_digits``; atomic writes).
 
-Runtime: about 4 min for the full run on a shared 2-core CPU machine (per seed ~2 min:
+Runtime: about 4 min for the full run on a shared 2-core CPU machine (per seed ~1 min:
 two AdaRound runs and six network-wise fits of 10k steps); ``--quick`` about 1 min.
 """
 
