@@ -645,8 +645,10 @@ def _rounding_section(rep, config, results, out):
     sec.text(
         "Same per-channel grid, three rounding rules: nearest; AdaRound (layer-wise output "
         f"reconstruction on calibration inputs, {ro['rounding_iters']} steps per layer); "
-        f"boundary_gap (AdaRound + {ro['boundary_gap_weight']:g} x boundary-gap penalty). The "
-        "paper's numbers below are from a data set its abstract does not name."
+        f"boundary_gap (AdaRound + {ro['boundary_gap_weight']:g} x boundary-gap penalty: all "
+        "layers jointly, starting from the AdaRound solution, the task, reconstruction and gap "
+        "terms scored on the hard-rounded network). The paper's numbers below are from a data "
+        "set its abstract does not name."
     )
     rows = []
     for r in ro["rows"]:

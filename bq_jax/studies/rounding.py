@@ -41,11 +41,14 @@ DEPENDS: tuple[str, ...] = ()
 METHODS = ("nearest", "adaround", "boundary_gap")
 
 
-def rounded_weights(ctx, bits: int, method: str, key):
+def rounded_weights(ctx, bits: int, method: str, key, *, start=None):
     """Variables with every kernel quantized at ``bits`` by rounding rule ``method``.
 
-    ``adaround`` runs ``rounding_iters`` steps per layer; ``boundary_gap`` optimises all
-    layers jointly for ``rounding_iters`` x (number of layers) steps, the same step budget.
+    ``adaround`` runs ``rounding_iters`` steps per layer; ``boundary_gap`` is AdaRound plus the
+    boundary-gap penalty: it starts from ``start`` (the AdaRound solution at these bits) and
+    optimises all layers jointly for ``rounding_iters`` x (number of layers) steps, the same
+    step budget, scoring the hard-rounded network (straight-through) so that the penalty is
+    met by the rounding that is deployed rather than by undecided soft weights.
     """
     from bq_jax import ptq
 
@@ -72,8 +75,10 @@ def rounded_weights(ctx, bits: int, method: str, key):
                 weights=weights,
                 iterations=cfg.rounding_iters * n_layers,
                 gap_weight=cfg.boundary_gap_weight,
+                straight_through=True,
             ),
             key,
+            init_params=start,
             progress=False,
         )
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -90,9 +95,12 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
         disable=not config.progress,
     )
     for i, b in enumerate(config.rounding_bits):
+        solutions = {}
         for j, method in enumerate(METHODS):
             key = jax.random.fold_in(jax.random.fold_in(base, i), j)
-            variants.append(rounded_weights(ctx, b, method, key))
+            start = solutions.get("adaround")
+            solutions[method] = rounded_weights(ctx, b, method, key, start=start)
+            variants.append(solutions[method])
             names.append((b, method))
             keys.append(("ptq", b) if method == "nearest" else ("round", b, method))
             bar.update()
