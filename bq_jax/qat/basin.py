@@ -60,7 +60,7 @@ from jax.flatten_util import ravel_pytree
 
 from bq_jax import quant
 from bq_jax.qat import quantizers as qz
-from bq_jax.qat.config import QATConfig
+from bq_jax.qat.config import QATConfig, check_study_settings
 from bq_jax.qat.hessian import flat_hvp, top_hessian_eigs
 from bq_jax.qat.landscape import Landscape, cosine
 from bq_jax.qat.training import qat_train
@@ -131,43 +131,33 @@ class BasinConfig:
     def __post_init__(self):
         object.__setattr__(self, "bits", tuple(self.bits))
         object.__setattr__(self, "methods", tuple(self.methods))
-        if not self.bits or not all(_is_int(b) and 2 <= b <= 16 for b in self.bits):
-            raise ValueError(f"bits must be a non-empty tuple of ints in [2, 16], got {self.bits}")
+        check_study_settings(
+            self,
+            (
+                "qat_epochs",
+                "qat_batch_size",
+                "adaround_iterations",
+                "hessian_k",
+                "hessian_iters",
+                "snapshot_every",
+                "resolution",
+            ),
+        )
         bad = [m for m in self.methods if m not in BASIN_METHODS]
         if not self.methods or bad:
             raise ValueError(
                 f"methods must be a non-empty subset of {BASIN_METHODS}, got {self.methods}"
             )
-        if self.granularity not in ("per_channel", "per_tensor"):
-            raise ValueError(
-                f"granularity must be 'per_channel' or 'per_tensor', got {self.granularity!r}"
-            )
         if self.range_method not in quant.RANGE_METHODS:
             raise ValueError(
                 f"range_method must be one of {quant.RANGE_METHODS}, got {self.range_method!r}"
             )
-        for name in (
-            "qat_epochs",
-            "qat_batch_size",
-            "adaround_iterations",
-            "hessian_k",
-            "hessian_iters",
-            "snapshot_every",
-            "resolution",
-        ):
-            v = getattr(self, name)
-            if not (_is_int(v) and v >= 1):
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if not (_is_int(self.line_points) and self.line_points >= 2):
             raise ValueError(f"line_points must be an int >= 2, got {self.line_points!r}")
         if not (isinstance(self.line_max, int | float) and self.line_max >= 1.0):
             raise ValueError(
                 f"line_max must be >= 1 (t = 1 is the quantized point), got {self.line_max!r}"
             )
-        if not (_is_int(self.seed) and self.seed >= 0):
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if not (isinstance(self.qat_learning_rate, float | int) and self.qat_learning_rate > 0):
-            raise ValueError(f"qat_learning_rate must be > 0, got {self.qat_learning_rate!r}")
 
     def weight_config(self, bits: int):
         """The weight ``QuantConfig`` of every method at ``bits``."""

@@ -26,6 +26,30 @@ def _is_pos(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
 
 
+def check_study_settings(cfg, positive_ints: Sequence[str]) -> None:
+    """Validates the settings the QAT studies share: ``bits`` (ints in [2, 16]), ``granularity``,
+    ``seed`` (int >= 0), ``qat_learning_rate`` (> 0) and each of ``positive_ints`` (int >= 1).
+
+    Raises:
+      ValueError: naming the setting, what was given and what is accepted.
+    """
+    if not cfg.bits or not all(_is_int(b) and 2 <= b <= 16 for b in cfg.bits):
+        raise ValueError(f"bits must be a non-empty tuple of ints in [2, 16], got {cfg.bits}")
+    if cfg.granularity not in ("per_channel", "per_tensor"):
+        raise ValueError(
+            f"granularity must be 'per_channel' or 'per_tensor', got {cfg.granularity!r}"
+        )
+    for name in positive_ints:
+        v = getattr(cfg, name)
+        if not (_is_int(v) and v >= 1):
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not (_is_int(cfg.seed) and cfg.seed >= 0):
+        raise ValueError(f"seed must be an int >= 0, got {cfg.seed!r}")
+    lr = cfg.qat_learning_rate
+    if isinstance(lr, bool) or not (isinstance(lr, float | int) and lr > 0):
+        raise ValueError(f"qat_learning_rate must be > 0, got {lr!r}")
+
+
 def _freeze_weights(weights):
     if isinstance(weights, quant.QuantConfig):
         return weights

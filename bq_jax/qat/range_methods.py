@@ -44,7 +44,7 @@ import numpy as np
 
 from bq_jax import quant
 from bq_jax.qat import quantizers as qz
-from bq_jax.qat.config import QATConfig
+from bq_jax.qat.config import QATConfig, check_study_settings
 from bq_jax.qat.training import qat_train
 
 __all__ = [
@@ -57,10 +57,6 @@ __all__ = [
 
 # The statistical range methods compared (names of bq_jax.quant.RANGE_METHODS).
 RANGE_METHOD_CHOICES = ("minmax", "mse", "octav", "gaussian")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,27 +96,15 @@ class RangeMethodStudyConfig:
     def __post_init__(self):
         object.__setattr__(self, "bits", tuple(self.bits))
         object.__setattr__(self, "range_methods", tuple(self.range_methods))
-        if not self.bits or not all(_is_int(b) and 2 <= b <= 16 for b in self.bits):
-            raise ValueError(f"bits must be a non-empty tuple of ints in [2, 16], got {self.bits}")
+        check_study_settings(
+            self, ("num_seeds", "qat_epochs", "qat_batch_size", "range_update_every")
+        )
         bad = [m for m in self.range_methods if m not in RANGE_METHOD_CHOICES]
         if not self.range_methods or bad:
             raise ValueError(
                 f"range_methods must be a non-empty subset of {RANGE_METHOD_CHOICES}, "
                 f"got {self.range_methods}"
             )
-        if self.granularity not in ("per_channel", "per_tensor"):
-            raise ValueError(
-                f"granularity must be 'per_channel' or 'per_tensor', got {self.granularity!r}"
-            )
-        for name in ("num_seeds", "qat_epochs", "qat_batch_size", "range_update_every"):
-            v = getattr(self, name)
-            if not (_is_int(v) and v >= 1):
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not (_is_int(self.seed) and self.seed >= 0):
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        lr = self.qat_learning_rate
-        if isinstance(lr, bool) or not (isinstance(lr, float | int) and lr > 0):
-            raise ValueError(f"qat_learning_rate must be > 0, got {lr!r}")
 
     def weight_config(self, bits: int, range_method: str) -> quant.QuantConfig:
         """The weight ``QuantConfig`` (signed symmetric) of one run."""
