@@ -158,6 +158,22 @@ def _dataset(text: str) -> str:
     return name
 
 
+def _add_classifier_source(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--model``: where the data comes from and which classifier is trained."""
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="tensorflow-datasets data directory for mnist, fashion_mnist and cifar10",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="classifier architecture (mlp, cnn, resnet); default: bq_jax.train's choice for "
+        "the data set",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
     p.add_argument(
         "dataset", type=_dataset, metavar="DATASET", help=f"one of {', '.join(_DATASETS)}"
@@ -186,18 +202,7 @@ def _add_common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
         action="store_true",
         help="small, fast settings (1 seed, 48x48 grid, quick training) for a smoke test",
     )
-    p.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=None,
-        help="tensorflow-datasets data directory for mnist, fashion_mnist and cifar10",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="classifier architecture (mlp, cnn, resnet); default: bq_jax.train's choice for "
-        "the data set",
-    )
+    _add_classifier_source(p)
     p.add_argument(
         "--subset",
         type=_subset,
@@ -507,17 +512,7 @@ def _add_basin_command(sub) -> None:
         help="side R of the R x R slice grid of the boundary metrics (default: 128, or 24 "
         "with --quick)",
     )
-    p.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=None,
-        help="tensorflow-datasets data directory for mnist, fashion_mnist and cifar10",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="classifier architecture (mlp, cnn, resnet); default: bq_jax.train's choice",
-    )
+    _add_classifier_source(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
