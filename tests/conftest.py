@@ -1,4 +1,5 @@
-"""Test-wide settings: fail loudly on silent rank broadcasting, keep plots headless."""
+"""Test-wide settings: fail loudly on silent dtype promotion and rank broadcasting, keep plots
+headless."""
 
 import os
 
@@ -7,3 +8,4 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")

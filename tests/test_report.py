@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bq_jax import report
+from bq_jax import report, stats
 from bq_jax.report import figures as figmod
 from bq_jax.report import io as iomod
 
@@ -582,11 +582,11 @@ def test_plot_scatter_pearson_title_and_png(tmp_path):
     assert len(fig.axes) == 1
     r = np.corrcoef(x, y)[0, 1]
     assert fig.axes[0].get_title() == f"Pearson r = {r:.3f} (n = 12)"
-    assert report.pearson_r(x, y) == pytest.approx(r, rel=1e-12)
+    assert stats.pearson_r(x, y) == pytest.approx(r, rel=1e-12)
     a = _png_bytes(fig, tmp_path / "a.png")
     assert a == _png_bytes(report.plot_scatter(x, y, **kwargs), tmp_path / "b.png")
-    assert report.pearson_r([1.0, 1.0], [0.0, 2.0]) is None
-    assert report.pearson_r([1.0], [2.0]) is None
+    assert stats.pearson_r([1.0, 1.0], [0.0, 2.0]) is None
+    assert stats.pearson_r([1.0], [2.0]) is None
     t = report.plot_scatter([0.5, 0.5], [0.1, 0.2], xlabel="a", ylabel="b").axes[0].get_title()
     assert t == "Pearson r undefined (n = 2)"
     with pytest.raises(ValueError, match=r"same length, got shapes \(3,\) and \(2,\)"):

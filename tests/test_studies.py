@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bq_jax.studies import StudyConfig, default_config
-from bq_jax.studies.aggregate import mean_rows, mean_std
+from bq_jax.stats import mean_rows, mean_std
 from bq_jax.studies.interpolation import (
     interpolated_weights,
     junction_points,

@@ -29,11 +29,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from bq_jax.stats import pearson_r
+
 __all__ = [
     "OKABE_ITO",
     "CLASS_COLORS",
     "class_colors",
-    "pearson_r",
     "plot_boundary_maps",
     "plot_metric_vs_bits",
     "plot_scatter",
@@ -554,30 +555,6 @@ def plot_metric_vs_bits(
 
 
 # ---------------------------------------------------------------------------- scatter
-
-
-def pearson_r(x: Any, y: Any) -> float | None:
-    """Pearson correlation ``r = cov(x, y) / (std(x) std(y))``; None when undefined.
-
-    Undefined (returns ``None``, never NaN) when fewer than 2 points or either variable is
-    constant.
-
-    Example:
-        >>> round(pearson_r([1, 2, 3], [2, 4, 7]), 4)
-        0.9934
-    """
-    xa = np.asarray(x, dtype=np.float64).ravel()
-    ya = np.asarray(y, dtype=np.float64).ravel()
-    if xa.shape != ya.shape:
-        raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
-    if xa.size < 2:
-        return None
-    dx = xa - xa.mean()
-    dy = ya - ya.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    if den == 0.0:
-        return None
-    return float(np.clip(float(dx @ dy) / den, -1.0, 1.0))
 
 
 def plot_scatter(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from bq_jax.ptq import stack_params
-from bq_jax.studies.aggregate import mean_rows, mean_std
+from bq_jax.stats import mean_rows, mean_std
 
 __all__ = ["bits_sweep", "compute", "aggregate", "METRICS", "DEPENDS"]
 

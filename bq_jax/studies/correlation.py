@@ -21,8 +21,8 @@ measurements are independent.
 
 from __future__ import annotations
 
-from bq_jax.report import pearson_r
-from bq_jax.studies.aggregate import mean_std
+from bq_jax.stats import pearson_r
+from bq_jax.stats import mean_std
 
 __all__ = ["correlation", "variant_points", "compute", "aggregate", "DEPENDS"]
 

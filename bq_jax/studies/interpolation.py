@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from bq_jax.studies.aggregate import mean_rows
+from bq_jax.stats import mean_rows
 from bq_jax.studies.context import weight_config
 
 __all__ = [

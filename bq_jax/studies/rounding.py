@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax
 from tqdm.auto import tqdm
 
-from bq_jax.studies.aggregate import mean_rows
+from bq_jax.stats import mean_rows
 from bq_jax.studies.bits_sweep import metric_rows
 from bq_jax.studies.context import weight_config
 from bq_jax.studies.stopping import variant_row

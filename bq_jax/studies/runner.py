@@ -195,7 +195,7 @@ def assemble(config: StudyConfig, per_seed: dict[str, list[dict]]) -> dict:
     """The results.json dict from each requested study's per-seed results (seed order)."""
     first = next(iter(per_seed.values()))
     float_acc = [r["float_accuracy"] for r in first]
-    from bq_jax.studies.aggregate import mean_std
+    from bq_jax.stats import mean_std
 
     mean, std = mean_std(float_acc)
     results = {

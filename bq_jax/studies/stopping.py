@@ -27,7 +27,7 @@ import statistics
 import jax.numpy as jnp
 import numpy as np
 
-from bq_jax.studies.aggregate import mean_rows, mean_std
+from bq_jax.stats import mean_rows, mean_std
 
 __all__ = ["stopping", "select_bits", "split_jaccard", "compute", "aggregate", "DEPENDS"]
 

@@ -1,4 +1,4 @@
-"""Mean and spread of per-seed study results.
+"""Estimates over seeds and variants: mean and spread, Pearson correlation.
 
 A per-seed result is a JSON-friendly dict. Aggregating over seeds replaces every number ``x``
 with its mean over seeds and adds ``x_std``, the sample standard deviation (``ddof=1``; 0.0 for
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["mean_std", "mean_rows", "is_number"]
+__all__ = ["mean_std", "mean_rows", "is_number", "pearson_r"]
 
 
 def is_number(v) -> bool:
@@ -78,3 +79,27 @@ def mean_rows(per_seed_rows: Sequence[Sequence[dict]], keys: Sequence[str]) -> l
         agg["n_seeds"] = len(rows)
         out.append(agg)
     return out
+
+
+def pearson_r(x: Any, y: Any) -> float | None:
+    """Pearson correlation ``r = cov(x, y) / (std(x) std(y))``; None when undefined.
+
+    Undefined (returns ``None``, never NaN) when fewer than 2 points or either variable is
+    constant.
+
+    Example:
+        >>> round(pearson_r([1, 2, 3], [2, 4, 7]), 4)
+        0.9934
+    """
+    xa = np.asarray(x, dtype=np.float64).ravel()
+    ya = np.asarray(y, dtype=np.float64).ravel()
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
+    if xa.size < 2:
+        return None
+    dx = xa - xa.mean()
+    dy = ya - ya.mean()
+    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    if den == 0.0:
+        return None
+    return float(np.clip(float(dx @ dy) / den, -1.0, 1.0))

@@ -1,0 +1,198 @@
+"""The project's vocabulary: every split, metric key, hyperparameter and aggregation convention,
+defined once.
+
+Result files (``results.json``), report columns, CLI flags and the tests' key sets are all
+derived from the tables here, so one concept has one name everywhere.
+
+Conventions
+-----------
+* **Splits.** ``train`` (fitting the float model and QAT), ``calibration`` (what PTQ and every
+  rule that chooses a setting may look at) and ``heldout`` (what results are judged on; never
+  used to choose anything).
+* **Where a metric is measured.** A metric key without a split prefix is measured on the
+  held-out inputs (``accuracy``, ``flip_rate``, the band metrics) or, for a slice metric, on the
+  slice of the training inputs. A ``calibration_`` or ``heldout_`` prefix names the split whose
+  inputs (and slice) were used instead. A ``float_`` prefix is the float model's own value.
+* **Aggregation over seeds.** A number ``x`` is the mean over seeds, ``x_std`` its sample
+  standard deviation (``ddof=1``; ``0.0`` for one seed) and ``n_seeds`` the number of seeds that
+  contributed; ``None`` marks a value undefined by construction and is left out of the mean.
+
+This module imports nothing of the project's (it sits below every sub-package).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = [
+    "SPLITS",
+    "Term",
+    "METRICS",
+    "HYPERPARAMETERS",
+    "STD_SUFFIX",
+    "N_SEEDS",
+    "DEFAULT_BAND_QUANTILE",
+    "metric_format",
+    "describe",
+]
+
+#: The data splits, in the order data flows through them.
+SPLITS = ("train", "calibration", "heldout")
+
+#: Suffix of the standard deviation over seeds of an aggregated number ``x``.
+STD_SUFFIX = "_std"
+#: Key of the number of seeds behind an aggregated row.
+N_SEEDS = "n_seeds"
+
+#: Quantile of calibration ``|margin|`` that bounds the low-margin boundary band (DESIGN: 10 %).
+DEFAULT_BAND_QUANTILE = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One entry of the vocabulary: what the name means and how a report prints it."""
+
+    # One line: what the value is (with its formula where it has one).
+    description: str
+    # Python format spec of the value in a report table.
+    fmt: str = ".4f"
+
+
+#: Metric keys of result rows.
+METRICS: dict[str, Term] = {
+    # -- predictions -------------------------------------------------------------------------
+    "accuracy": Term("fraction of held-out inputs classified correctly"),
+    "accuracy_drop": Term("float minus quantized held-out accuracy"),
+    "calibration_accuracy_drop": Term("float minus quantized calibration accuracy"),
+    "flip_rate": Term("fraction of held-out inputs whose predicted label changed"),
+    "band_flip_rate": Term(
+        "label changes among boundary-band points (held-out points with float |margin| <= tau)"
+    ),
+    "pair_order_flip": Term(
+        "fraction of band points where sign(z_a - z_b) of the float top-1 / runner-up changed"
+    ),
+    "band_size": Term("held-out points in the boundary band", "d"),
+    "band_tau": Term("band threshold tau: band_quantile quantile of calibration |margin|", ".4g"),
+    "heldout_size": Term("held-out inputs measured", "d"),
+    # -- slice metrics -----------------------------------------------------------------------
+    "boundary_jaccard_distance": Term(
+        "1 - |B_F and B_Q| / |B_F or B_Q| of the boundary masks on the training slice "
+        "(0: same boundary cells; both empty -> 0, one empty -> 1)",
+        ".3f",
+    ),
+    "calibration_boundary_jaccard_distance": Term(
+        "boundary_jaccard_distance on the slice of the calibration inputs", ".3f"
+    ),
+    "heldout_boundary_jaccard_distance": Term(
+        "boundary_jaccard_distance on the slice of the held-out inputs", ".3f"
+    ),
+    "grid_change": Term("fraction of slice grid points whose label changed"),
+    "triple_junction_count": Term(
+        "2x2 cells of the quantized slice map carrying >= 3 distinct labels", ".1f"
+    ),
+    "float_triple_junction_count": Term(
+        "2x2 cells of the float slice map carrying >= 3 distinct labels", ".1f"
+    ),
+    "resolution": Term("side R of the R x R slice grid", "d"),
+    "tolerance": Term("boundary-mask dilation (cells) of the Jaccard distance", "d"),
+    # -- local geometry ----------------------------------------------------------------------
+    "median_local_shift": Term(
+        "median over band points of |r_Q - r_F|, r = m / ||grad_x m|| (input units)"
+    ),
+    "normal_variation": Term("median over band points of 1 - <n_F, n_Q>, n = grad m / ||grad m||"),
+    "normal_variation_mean": Term("mean over band points of 1 - <n_F, n_Q>"),
+    "margin_radius_median": Term("median local logit-margin radius of the quantized model"),
+    "float_margin_radius_median": Term("median local logit-margin radius of the float model"),
+    "zero_gradient_count": Term(
+        "band points left out of the local metrics (zero margin gradient, quantized)", "d"
+    ),
+    "float_zero_gradient_count": Term(
+        "band points left out of the local metrics (zero margin gradient, float)", "d"
+    ),
+    # -- interpolation between adjacent widths -----------------------------------------------
+    "changed_cells": Term("grid points whose label changed, summed over consecutive t", "d"),
+    "changed_cells_at_junctions": Term(
+        "changed cells within one cell of a triple-junction corner of either map", "d"
+    ),
+    "expected_at_junctions": Term("changed_cells_at_junctions if changes fell uniformly", ".1f"),
+    "junction_enrichment": Term("changed_cells_at_junctions / expected_at_junctions", ".2f"),
+    "steps_with_changes": Term("interpolation steps in which some label changed", "d"),
+    # -- rounding ----------------------------------------------------------------------------
+    "reconstruction_error": Term(
+        "mean over layers of ||W x - W~ x||^2 / ||W x||^2 on calibration inputs", ".4f"
+    ),
+    "sqnr_db": Term("10 log10(E[w^2] / E[(w - q(w))^2]) of the weights, dB", ".2f"),
+    # -- correlation -------------------------------------------------------------------------
+    "pearson_r": Term("Pearson correlation of calibration vs held-out values", ".3f"),
+    # -- loss landscape (QAT basin study) ----------------------------------------------------
+    "train_loss": Term("mean cross-entropy on the training split", ".4f"),
+    "calibration_loss": Term("mean cross-entropy on the calibration split", ".4f"),
+    "excess_loss": Term("train_loss at the solution minus train_loss of the float model", ".4f"),
+}
+
+#: Hyperparameters (config fields) shared by the studies, CLI flags and reports. The CLI takes
+#: its help text from here; a field of a study config that is not listed has no flag.
+HYPERPARAMETERS: dict[str, str] = {
+    "dataset": "data set name",
+    "seeds": "training seeds; every study runs once per seed and reports mean and spread",
+    "model": "classifier architecture (default: bq_jax.train's default for the data set)",
+    "quick": "small, fast settings for smoke tests and demos",
+    "subset": "training subset: a name of bq_jax.data.SUBSETS or k examples per class",
+    "data_dir": "tensorflow-datasets data directory",
+    "progress": "show progress bars",
+    "resolution": "side R of every R x R slice grid (boundary Jaccard depends on it)",
+    "band_quantile": "quantile of calibration |margin| that bounds the boundary band",
+    "bits": "weight bit widths",
+    "min_bits": "narrowest weight bit width of the PTQ-W sweep",
+    "max_bits": "widest weight bit width of the PTQ-W sweep",
+    "rounding_bits": "bit widths of the rounding study",
+    "interpolation_steps": "values of t in [0, 1] per interpolation between adjacent widths",
+    "jaccard_threshold": "tau_J of the boundary stopping rule (calibration Jaccard distance)",
+    "accuracy_tolerance": "epsilon of the accuracy stopping rule (calibration accuracy drop)",
+    "rounding_iters": "optimisation steps of learned rounding (AdaRound, boundary-gap rounding)",
+    "boundary_gap_weight": "weight of the boundary-gap penalty in the rounding objective",
+    "temperature": "temperature T of the boundary-gap weights exp(-|g_F| / T)",
+    "range_method": "weight range-setting method",
+    "range_methods": "weight range-setting methods compared",
+    "granularity": "scale granularity of the weight quantizer",
+    "methods": "quantization methods compared",
+    "qat_epochs": "epochs of quantization-aware training",
+    "qat_batch_size": "batch size of quantization-aware training",
+    "qat_learning_rate": "learning rate of quantization-aware training",
+    "range_update_every": "QAT steps between re-estimates of the range scales",
+    "hessian_k": "top Hessian eigenpairs of the basin analysis",
+    "hessian_iters": "Lanczos steps of the Hessian eigen-solver",
+    "line_points": "points t on each float-to-solution line",
+    "line_max": "largest t of the float-to-solution lines (1 = the solution)",
+    "snapshot_every": "QAT steps between trajectory snapshots",
+    "boundary_gap_grid": "(boundary_gap_weight, temperature) candidates chosen on calibration",
+}
+
+
+def metric_format(key: str) -> str:
+    """Format spec of metric ``key`` (``x_std`` uses the format of ``x``); ``.4g`` if unknown.
+
+    Example:
+        >>> metric_format("boundary_jaccard_distance_std")
+        '.3f'
+    """
+    base = key[: -len(STD_SUFFIX)] if key.endswith(STD_SUFFIX) else key
+    term = METRICS.get(base)
+    return term.fmt if term is not None else ".4g"
+
+
+def describe(key: str) -> str:
+    """The description of a metric or hyperparameter ``key``.
+
+    Raises:
+        KeyError: ``key`` is not in the vocabulary.
+
+    Example:
+        >>> describe("flip_rate")
+        'fraction of held-out inputs whose predicted label changed'
+    """
+    if key in METRICS:
+        return METRICS[key].description
+    if key in HYPERPARAMETERS:
+        return HYPERPARAMETERS[key]
+    raise KeyError(f"{key!r} is not in bq_jax.vocabulary (METRICS or HYPERPARAMETERS)")
