@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bq_jax import ptq
-from bq_jax.ptq._quant import QuantConfig
+from bq_jax import ptq, quant
+from bq_jax.quant import QuantConfig
 
 
 class _CNN(nn.Module):
@@ -32,8 +32,8 @@ def cnn():
 
 
 def test_16_bit_matches_float_and_8_bit_changes_few_labels(cnn):
-    apply_fn, v, x_cal, x_test = cnn
-    ref_cal, ref_test = apply_fn(v, x_cal), apply_fn(v, x_test)
+    apply_fn, v, x_cal, x_heldout = cnn
+    ref_cal, ref_heldout = apply_fn(v, x_cal), apply_fn(v, x_heldout)
     a16 = QuantConfig(bits=16, symmetric=False)
     apply_q, pq = ptq.quantize_activations(apply_fn, v, x_cal, a16, points=("input", "output"))
     assert set(pq["activation_qparams"]) == {"Conv_0", "Dense_0", "Dense_1"}
@@ -43,8 +43,8 @@ def test_16_bit_matches_float_and_8_bit_changes_few_labels(cnn):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref_cal), atol=1e-3 * scale, rtol=0)
     a8 = QuantConfig(bits=8, symmetric=False, range_method="minmax")
     apply_q8, pq8 = ptq.quantize_activations(apply_fn, v, x_cal, a8)
-    labels = jnp.argmax(jax.jit(apply_q8)(pq8, x_test), -1)
-    flip = float(jnp.mean(labels != jnp.argmax(ref_test, -1)))
+    labels = jnp.argmax(jax.jit(apply_q8)(pq8, x_heldout), -1)
+    flip = float(jnp.mean(labels != jnp.argmax(ref_heldout, -1)))
     assert flip <= 0.1, flip
     # 8 bits is coarser than 16 bits, but it does change the logits.
     err8 = float(jnp.max(jnp.abs(jax.jit(apply_q8)(pq8, x_cal) - ref_cal)))
@@ -59,7 +59,7 @@ def test_ranges_follow_the_range_method(cnn):
         ranges = ptq.calibrate_activations(apply_fn, v, x_cal, cfg, batch_size=16)
         for c in calls:
             t = c.inputs.reshape(-1, c.inputs.shape[-1])
-            qp = ptq._quant.compute_qparams(t, cfg)
+            qp = quant.compute_qparams(t, cfg)
             np.testing.assert_allclose(
                 np.asarray(ranges[c.name]["input"]["scale"]).reshape(-1),
                 np.asarray(qp.scale).reshape(-1),
@@ -75,7 +75,7 @@ def test_ranges_follow_the_range_method(cnn):
 
 
 def test_w8a8_vmaps_over_variants(cnn):
-    apply_fn, v, x_cal, x_test = cnn
+    apply_fn, v, x_cal, x_heldout = cnn
     w8 = QuantConfig(bits=8, symmetric=True, granularity="per_channel")
     variants = []
     for bits in (8, 4):
@@ -87,9 +87,12 @@ def test_w8a8_vmaps_over_variants(cnn):
     stack = ptq.stack_params(variants)
     # One apply_q serves both variants: the ranges travel in the variables.
     apply_q = ptq.activation_quantized_apply(apply_fn, QuantConfig(bits=8, symmetric=False))
-    out = jax.vmap(apply_q, in_axes=(0, None))(stack, x_test)
+    out = jax.vmap(apply_q, in_axes=(0, None))(stack, x_heldout)
     np.testing.assert_allclose(
-        np.asarray(out[0]), np.asarray(jax.jit(apply_q)(variants[0], x_test)), rtol=1e-5, atol=1e-5
+        np.asarray(out[0]),
+        np.asarray(jax.jit(apply_q)(variants[0], x_heldout)),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 

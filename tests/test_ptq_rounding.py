@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bq_jax import ptq
-from bq_jax.ptq._quant import QuantConfig
+from bq_jax import ptq, quant
+from bq_jax.quant import QuantConfig
 
 W4 = QuantConfig(bits=4, symmetric=True, granularity="per_channel")
 
@@ -39,7 +39,7 @@ def _assert_on_grid(params_q, params_f, config):
     for path in ("params/Dense_0/kernel", "params/Dense_1/kernel", "params/Dense_2/kernel"):
         w = ptq.flatten_params(params_f)[path]
         wq = np.asarray(ptq.flatten_params(params_q)[path], np.float64)
-        qp = ptq._quant.compute_qparams(w, config)
+        qp = quant.compute_qparams(w, config)
         s = np.asarray(qp.scale, np.float64).reshape(1, -1)
         codes = wq / s
         np.testing.assert_allclose(codes, np.round(codes), atol=1e-4)
@@ -50,8 +50,8 @@ def _assert_on_grid(params_q, params_f, config):
 
 
 def test_adaround_on_grid_compiles_once_and_beats_nearest(mlp):
-    apply_fn, v, x_cal, x_test = mlp
-    cfg = ptq.AdaRoundConfig(weights=W4, iterations=600, batch_size=32, steps_per_call=300)
+    apply_fn, v, x_cal, x_heldout = mlp
+    cfg = ptq.AdaRoundConfig(weights=W4, rounding_iters=600, batch_size=32, steps_per_call=300)
     vq, info = ptq.adaround(
         apply_fn, v, x_cal, cfg, jax.random.key(0), progress=False, return_info=True
     )
@@ -79,7 +79,7 @@ def test_adaround_on_grid_compiles_once_and_beats_nearest(mlp):
 def test_adaround_rules_and_errors(mlp):
     apply_fn, v, x_cal, _ = mlp
     rules = [(r"Dense_2/", None), (r"kernel$", W4)]
-    cfg = ptq.AdaRoundConfig(weights=rules, iterations=20, steps_per_call=20, inputs="float")
+    cfg = ptq.AdaRoundConfig(weights=rules, rounding_iters=20, steps_per_call=20, inputs="float")
     vq = ptq.adaround(apply_fn, v, x_cal, cfg, jax.random.key(1), progress=False)
     np.testing.assert_array_equal(  # kept in float by the None rule
         np.asarray(vq["params"]["Dense_2"]["kernel"]), np.asarray(v["params"]["Dense_2"]["kernel"])
@@ -91,14 +91,14 @@ def test_adaround_rules_and_errors(mlp):
             apply_fn,
             v,
             x_cal,
-            ptq.AdaRoundConfig(weights=[("Conv", W4)], iterations=5),
+            ptq.AdaRoundConfig(weights=[("Conv", W4)], rounding_iters=5),
             jax.random.key(1),
             progress=False,
         )
     with pytest.raises(ValueError, match="inputs"):
         ptq.AdaRoundConfig(weights=W4, inputs="both")
-    with pytest.raises(ValueError, match="iterations"):
-        ptq.AdaRoundConfig(weights=W4, iterations=0)
+    with pytest.raises(ValueError, match="rounding_iters"):
+        ptq.AdaRoundConfig(weights=W4, rounding_iters=0)
     with pytest.raises(ValueError, match="warm_start"):
         ptq.AdaRoundConfig(weights=W4, warm_start=1.5)
     with pytest.raises(TypeError, match="AdaRoundConfig"):
@@ -113,7 +113,7 @@ def test_optimize_rounding_custom_objective(mlp):
         loss = jnp.mean(jnp.sum((zq - batch["logits"]) ** 2, axis=-1))
         return loss, {"mse": loss}
 
-    cfg = ptq.RoundingConfig(weights=W4, iterations=300, steps_per_call=150, slice_resolution=8)
+    cfg = ptq.RoundingConfig(weights=W4, rounding_iters=300, steps_per_call=150, resolution=8)
     vq, info = ptq.optimize_rounding(
         apply_fn,
         v,
@@ -139,7 +139,7 @@ def test_optimize_rounding_custom_objective(mlp):
 
 
 def test_check_on_grid_rejects_off_grid_and_out_of_range_codes():
-    q = ptq.RoundingQuantizer(0.5, 0.0, -8, 7)
+    q = quant.QParams(0.5, 0, -8, 7)
     ptq.check_on_grid(jnp.array([0.5, -4.0, 3.5]), q)  # codes 1, -8, 7: on the grid
     with pytest.raises(RuntimeError, match="layer/kernel.*off the integer grid"):
         ptq.check_on_grid(jnp.array([0.5, 0.3]), q, path="layer/kernel")  # code 0.6
@@ -155,15 +155,15 @@ def test_learned_rounding_stays_on_grid_for_degenerate_kernels(mlp):
     k[3, 5] = 20.0 * np.abs(k).max()
     vd = jax.tree.map(lambda a: a, v)
     vd["params"]["Dense_1"]["kernel"] = jnp.asarray(k)
-    ada = ptq.AdaRoundConfig(weights=W4, iterations=40, steps_per_call=40)
-    net = ptq.RoundingConfig(weights=W4, iterations=40, steps_per_call=40, slice_resolution=8)
+    ada = ptq.AdaRoundConfig(weights=W4, rounding_iters=40, steps_per_call=40)
+    net = ptq.RoundingConfig(weights=W4, rounding_iters=40, steps_per_call=40, resolution=8)
     for vq in (
         ptq.adaround(apply_fn, vd, x_cal, ada, jax.random.key(3), progress=False),
         ptq.optimize_rounding(
             apply_fn,
             vd,
             x_cal,
-            dataclasses.replace(net, gap_weight=10.0),
+            dataclasses.replace(net, boundary_gap_weight=10.0),
             jax.random.key(3),
             progress=False,
         ),
@@ -181,11 +181,11 @@ def test_learned_rounding_rule_and_calibration_errors(mlp):
     ambiguous = [(r"kernel$", W4), (r"Dense_1/", W4)]
     for make, run in (
         (
-            lambda **kw: ptq.AdaRoundConfig(iterations=5, **kw),
+            lambda **kw: ptq.AdaRoundConfig(rounding_iters=5, **kw),
             lambda vv, x, cfg: ptq.adaround(apply_fn, vv, x, cfg, key, progress=False),
         ),
         (
-            lambda **kw: ptq.RoundingConfig(iterations=5, slice_resolution=8, **kw),
+            lambda **kw: ptq.RoundingConfig(rounding_iters=5, resolution=8, **kw),
             lambda vv, x, cfg: ptq.optimize_rounding(apply_fn, vv, x, cfg, key, progress=False),
         ),
     ):
@@ -211,7 +211,7 @@ def test_straight_through_objective_sees_the_hard_rounded_network(mlp):
         loss = jnp.mean(jnp.sum((apply_fn(soft_params, batch["x"]) - batch["logits"]) ** 2, -1))
         return loss, {"kernel_sum": jnp.sum(k)}
 
-    cfg = ptq.RoundingConfig(weights=W4, iterations=2, steps_per_call=2, slice_resolution=8)
+    cfg = ptq.RoundingConfig(weights=W4, rounding_iters=2, steps_per_call=2, resolution=8)
     expected = {
         False: ptq.flatten_params(v)[path],
         True: ptq.flatten_params(ptq.nearest_rounding(v, W4))[path],
@@ -241,7 +241,7 @@ def test_optimize_rounding_starts_from_given_rounding(mlp):
     rng = np.random.default_rng(1)
     start = dict(flat)
     for path in ("params/Dense_0/kernel", "params/Dense_1/kernel", "params/Dense_2/kernel"):
-        qp = ptq._quant.compute_qparams(flat[path], W4)
+        qp = quant.compute_qparams(flat[path], W4)
         s = jnp.asarray(qp.scale).reshape(1, -1)
         up = jnp.asarray(rng.integers(0, 2, size=flat[path].shape), jnp.float32)
         x = flat[path] / s
@@ -249,7 +249,7 @@ def test_optimize_rounding_starts_from_given_rounding(mlp):
         lo = jnp.where(jnp.abs(x - jnp.round(x)) < 1e-3, jnp.round(x), jnp.floor(x))
         start[path] = s * jnp.clip(lo + up, qp.qmin, qp.qmax)
     start = ptq.unflatten_params(start)
-    cfg = ptq.RoundingConfig(weights=W4, iterations=1, straight_through=True, steps_per_call=1)
+    cfg = ptq.RoundingConfig(weights=W4, rounding_iters=1, straight_through=True, steps_per_call=1)
     vq = ptq.optimize_rounding(
         apply_fn, v, x_cal, cfg, jax.random.key(0), init_params=start, progress=False
     )
@@ -259,7 +259,7 @@ def test_optimize_rounding_starts_from_given_rounding(mlp):
 
     off = ptq.flatten_params(start)
     off["params/Dense_1/kernel"] = off["params/Dense_1/kernel"] + 0.3 * jnp.asarray(
-        ptq._quant.compute_qparams(flat["params/Dense_1/kernel"], W4).scale
+        quant.compute_qparams(flat["params/Dense_1/kernel"], W4).scale
     ).reshape(1, -1)
     with pytest.raises(ValueError, match="Dense_1/kernel: rounded weights are off the integer"):
         ptq.optimize_rounding(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bq_jax import ptq
-from bq_jax.ptq._quant import QuantConfig
+from bq_jax.quant import QuantConfig
 
 
 class _Net(nn.Module):

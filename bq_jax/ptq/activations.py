@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from bq_jax.ptq import _quant as quant
+from bq_jax import quant
+from bq_jax.ptq.checks import check_calibration
 from bq_jax.ptq.layers import LINEAR_TYPES, intercept_layers, trace_layers
 
 __all__ = [
@@ -46,15 +47,10 @@ def _check_points(points) -> tuple[str, ...]:
     return points
 
 
-def _qrange(config) -> tuple[int, int]:
-    qp = quant.compute_qparams(jnp.array([-1.0, 1.0]), config)
-    return int(qp.qmin), int(qp.qmax)
-
-
 def _check_config(config) -> None:
     if not isinstance(config, quant.QuantConfig):
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-    if getattr(config, "fmt", "int") != "int":
+    if not config.is_int:
         raise ValueError(f"activation quantization supports fmt='int', got {config.fmt!r}")
 
 
@@ -90,15 +86,18 @@ def calibrate_activations(
       ValueError: empty calibration set, bad points, non-integer format.
 
     Example:
-      >>> a8 = QuantConfig(bits=8, symmetric=False, range_method="percentile")  # doctest: +SKIP
-      >>> ranges = calibrate_activations(apply_fn, variables, x_cal, a8)  # doctest: +SKIP
-      >>> ranges["Dense_0"]["input"]["scale"]  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> a8 = quant.QuantConfig(bits=8, symmetric=False, range_method="percentile")
+      >>> ranges = calibrate_activations(model.apply, variables, x, a8)
+      >>> sorted(ranges), sorted(ranges["layers_0"]["input"])
+      (['layers_0', 'layers_2'], ['scale', 'zero_point'])
     """
     _check_config(config)
     points = _check_points(points)
-    x = jnp.asarray(calibration_x)
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"calibration_x must be a non-empty batch, got shape {x.shape}")
+    x = check_calibration(calibration_x)
     n = x.shape[0]
     bs = n if batch_size is None else int(batch_size)
     if bs < 1:
@@ -144,11 +143,18 @@ def activation_quantized_apply(
     function is pure. A Dense/Conv call without an entry is left in float.
 
     Example:
-      >>> apply_q = activation_quantized_apply(apply_fn, a8)  # doctest: +SKIP
-      >>> logits = apply_q({**variables, "activation_qparams": ranges}, x)  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> a8 = quant.QuantConfig(bits=8, symmetric=False)
+      >>> ranges = calibrate_activations(model.apply, variables, x, a8)
+      >>> apply_q = activation_quantized_apply(model.apply, a8)
+      >>> apply_q({**variables, "activation_qparams": ranges}, x).shape
+      (64, 3)
     """
     _check_config(config)
-    qmin, qmax = _qrange(config)
+    qmin, qmax = config.qrange
 
     def fq(a, qp):
         s = jnp.asarray(qp["scale"], a.dtype)
@@ -197,8 +203,17 @@ def quantize_activations(
     for W8A8: ``quantize_activations(apply_fn, quantize_weights(params, w8), x_cal, a8)``.
 
     Example:
-      >>> apply_q, pq = quantize_activations(apply_fn, params_w8, x_cal, a8)  # doctest: +SKIP
-      >>> accuracy = jnp.mean(jnp.argmax(apply_q(pq, x_test), -1) == y_test)  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> from bq_jax.ptq import quantize_weights
+      >>> w8, a8 = quant.QuantConfig(bits=8), quant.QuantConfig(bits=8, symmetric=False)
+      >>> params_w8 = quantize_weights(variables, w8)
+      >>> apply_q, params_w8a8 = quantize_activations(model.apply, params_w8, x, a8)
+      >>> labels_q = jnp.argmax(apply_q(params_w8a8, x), -1)
+      >>> float(jnp.mean(labels_q == jnp.argmax(model.apply(variables, x), -1))) > 0.9
+      True
     """
     ranges = calibrate_activations(
         apply_fn,

@@ -14,17 +14,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from bq_jax.ptq.checks import check_calibration
 from bq_jax.ptq.layers import trace_layers
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = ["bias_correction", "layer_mean_errors"]
-
-
-def _check_calibration(calibration_x) -> jax.Array:
-    x = jnp.asarray(calibration_x)
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"calibration_x must be a non-empty batch, got shape {x.shape}")
-    return x
 
 
 def _outputs_fn(apply_fn: Callable):
@@ -43,9 +37,17 @@ def layer_mean_errors(apply_fn: Callable, params_float, params_quant, x) -> dict
     """``{layer: E[y~] - E[y]}`` per output channel of every Dense/Conv layer on ``x``.
 
     Example:
-      >>> errs = layer_mean_errors(apply_fn, params, params_q, x_cal)  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> from bq_jax import ptq, quant
+      >>> params_q = ptq.quantize_weights(variables, quant.QuantConfig(bits=4))
+      >>> errs = layer_mean_errors(model.apply, variables, params_q, x)
+      >>> {name: e.shape for name, e in errs.items()}
+      {'layers_0': (8,), 'layers_2': (3,)}
     """
-    x = _check_calibration(x)
+    x = check_calibration(x, "x")
     outputs = _outputs_fn(apply_fn)
     yf, yq = outputs(params_float, x), outputs(params_quant, x)
     return {n: _channel_mean(yq[n]) - _channel_mean(yf[n]) for n in yf}
@@ -67,9 +69,18 @@ def bias_correction(apply_fn: Callable, params_float, params_quant, calibration_
       ValueError: empty calibration set, or a layer without bias (fold batch norm first).
 
     Example:
-      >>> params_bc = bias_correction(apply_fn, params, params_q, x_cal)  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> from bq_jax import ptq, quant
+      >>> params_q = ptq.quantize_weights(variables, quant.QuantConfig(bits=4))
+      >>> params_bc = bias_correction(model.apply, variables, params_q, x)
+      >>> errs = layer_mean_errors(model.apply, variables, params_bc, x)
+      >>> float(jnp.max(jnp.abs(errs["layers_2"]))) < 1e-5
+      True
     """
-    x = _check_calibration(calibration_x)
+    x = check_calibration(calibration_x)
     outputs = _outputs_fn(apply_fn)
     yf = outputs(params_float, x)
     flat = flatten_params(params_quant)

@@ -139,9 +139,13 @@ def cross_layer_equalization(
         (the activation between a pair is not positively homogeneous).
 
     Example:
-      >>> res = cross_layer_equalization(model.apply_fn, variables, x[:64])  # doctest: +SKIP
-      >>> res.pairs  # doctest: +SKIP
-      (('Dense_0', 'Dense_1'), ('Dense_1', 'Dense_2'))
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> res = cross_layer_equalization(model.apply, variables, x)
+      >>> res.pairs
+      (('layers_0', 'layers_2'),)
     """
     if max_sweeps < 1:
         raise ValueError(f"max_sweeps must be >= 1, got {max_sweeps}")

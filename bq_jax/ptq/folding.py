@@ -70,9 +70,16 @@ def fold_batch_norm(apply_fn: Callable, params, sample_x) -> BatchNormFold:
         other than the last.
 
     Example:
-      >>> fold = fold_batch_norm(model.apply_fn, variables, x[:8])  # doctest: +SKIP
-      >>> fold.pairs  # doctest: +SKIP
-      (('Conv_0', 'BatchNorm_0'), ...)
+      >>> bn = nn.BatchNorm(use_running_average=True)
+      >>> model = nn.Sequential([nn.Dense(8), bn, nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (16, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> fold = fold_batch_norm(model.apply, variables, x)
+      >>> fold.pairs
+      (('layers_0', 'layers_1'),)
+      >>> diff = fold.apply_fn(fold.params, x) - model.apply(variables, x)
+      >>> float(jnp.max(jnp.abs(diff))) < 1e-5
+      True
     """
     calls = layer_structure(apply_fn, params, sample_x, layer_types=(*LINEAR_TYPES, nn.BatchNorm))
     pairs = []

@@ -107,9 +107,13 @@ def trace_layers(
       ``(logits, calls)`` with ``calls`` in call order.
 
     Example:
-      >>> logits, calls = trace_layers(model.apply_fn, variables, x)  # doctest: +SKIP
-      >>> [c.name for c in calls]  # doctest: +SKIP
-      ['Dense_0', 'Dense_1', 'Dense_2']
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> logits, calls = trace_layers(model.apply, variables, x)
+      >>> [c.name for c in calls], calls[1].inputs.shape
+      (['layers_0', 'layers_2'], (64, 8))
     """
     layer_types = tuple(layer_types)
     calls: list[LayerCall] = []
@@ -152,8 +156,12 @@ def layer_structure(
     to find layers, their order, shapes and producer links (``source``) cheaply.
 
     Example:
-      >>> [c.outputs.shape for c in layer_structure(apply_fn, variables, x)]  # doctest: +SKIP
-      [(1, 64), (1, 64), (1, 10)]
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> [c.outputs.shape for c in layer_structure(model.apply, variables, x)]
+      [(64, 8), (64, 3)]
     """
     box: list[list[LayerCall]] = []
 
@@ -184,8 +192,14 @@ def intercept_layers(
     The returned function is pure when ``rewrite`` is, so it can be jitted and vmapped.
 
     Example:
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
       >>> double_inputs = intercept_layers(
-      ...     apply_fn, lambda name, m, f, a, kw: f(2 * a[0], *a[1:], **kw))  # doctest: +SKIP
+      ...     model.apply, lambda name, m, f, a, kw: f(2 * a[0], *a[1:], **kw))
+      >>> double_inputs(variables, x).shape
+      (64, 3)
     """
     layer_types = tuple(layer_types)
 

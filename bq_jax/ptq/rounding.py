@@ -33,17 +33,19 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bq_jax.ptq import _geometry as geometry
-from bq_jax.ptq import _quant as quant
+from bq_jax import geometry, quant
+from bq_jax._src.checks import check_choice, check_float, check_int
+from bq_jax.ptq.checks import check_calibration
 from bq_jax.ptq.layers import kernel_path, layer_structure, trace_layers
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 from bq_jax.ptq.weights import DEFAULT_TARGETS, resolve_rules
 from bq_jax.quant import adaround as ar
+from bq_jax.train import optimizer_update
+from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
 __all__ = [
     "AdaRoundConfig",
     "RoundingConfig",
-    "RoundingQuantizer",
     "adaround",
     "check_on_grid",
     "layer_reconstruction_error",
@@ -57,17 +59,6 @@ __all__ = [
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_calibration(calibration_x) -> jax.Array:
-    x = jnp.asarray(calibration_x)
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(
-            f"calibration_x must be a non-empty batch x[N, *input_shape], got shape {x.shape}"
-        )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"calibration_x must be floating point, got {x.dtype}")
-    return x
-
-
 def _freeze_rules(weights):
     if isinstance(weights, quant.QuantConfig):
         return weights
@@ -79,64 +70,49 @@ def _freeze_rules(weights):
     return tuple(tuple(r) for r in weights)
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["scale", "zero_point"],
-    meta_fields=["qmin", "qmax"],
-)
-@dataclasses.dataclass(frozen=True)
-class RoundingQuantizer:
-    """Integer grid of one kernel: ``scale``, ``zero_point`` and the code range."""
-
-    scale: Any
-    zero_point: Any
-    qmin: int
-    qmax: int
+@functools.partial(jax.jit, static_argnums=1)
+def _full_qparams(w, config) -> quant.QParams:
+    """``quant.compute_qparams`` with scale / zero point broadcast to ``w.shape`` (jitted)."""
+    return quant.broadcast_qparams(quant.compute_qparams(w, config), tuple(w.shape), config)
 
 
-def _quantizers(params, weights, targets, strict) -> dict[str, RoundingQuantizer]:
+def _quantizers(params, weights, targets, strict) -> dict[str, quant.QParams]:
+    """The integer grid of every kernel to round: ``QParams`` broadcast to the kernel's shape."""
     plan = resolve_rules(params, weights, targets=targets, strict=strict)
     if not plan:
         raise ValueError("the rules keep every kernel in float; nothing to round")
     flat = flatten_params(params)
     out = {}
     for path, cfg in plan.items():
-        if getattr(cfg, "fmt", "int") != "int":
+        if not cfg.is_int:
             raise ValueError(
                 f"learned rounding needs an integer grid; {path!r} has fmt={cfg.fmt!r} "
                 "(use fmt='int')"
             )
-        qp = quant.full_qparams(flat[path], cfg)
-        out[path] = RoundingQuantizer(
-            jnp.asarray(qp.scale, flat[path].dtype),
-            jnp.asarray(qp.zero_point, flat[path].dtype),
-            int(qp.qmin),
-            int(qp.qmax),
+        qp = _full_qparams(flat[path], cfg)
+        out[path] = quant.QParams(
+            jnp.asarray(qp.scale, flat[path].dtype), qp.zero_point, int(qp.qmin), int(qp.qmax)
         )
     return out
 
 
 @jax.jit
-def _grid_distance(w, q: RoundingQuantizer):
-    s = jnp.reshape(q.scale, (1,) * (w.ndim - jnp.ndim(q.scale)) + jnp.shape(q.scale))
-    zp = jnp.reshape(
-        q.zero_point, (1,) * (w.ndim - jnp.ndim(q.zero_point)) + jnp.shape(q.zero_point)
-    )
-    c = w / s + zp
+def _grid_distance(w, q: quant.QParams):
+    c = w / _bcast(q.scale, w) + _bcast(q.zero_point, w)
     r = jnp.round(c)
     return jnp.max(jnp.abs(c - r)), jnp.min(r), jnp.max(r)
 
 
-def check_on_grid(w, q: RoundingQuantizer, *, path: str = "kernel", atol: float = 1e-3) -> None:
+def check_on_grid(w, q: quant.QParams, *, path: str = "kernel", atol: float = 1e-3) -> None:
     """Raises ``RuntimeError`` unless ``w / s + zp`` is an integer in ``[qmin, qmax]``.
 
+    ``q``: the grid (``scale`` and ``zero_point`` broadcasting against ``w`` after left
+    padding with unit axes; integer ``qmin``, ``qmax``).
+
     Example:
-      >>> check_on_grid(jnp.array([0.5, -1.0]), RoundingQuantizer(0.5, 0.0, -8, 7))
+      >>> check_on_grid(jnp.array([0.5, -1.0]), quant.QParams(0.5, 0, -8, 7))
     """
     w = jnp.asarray(w)
-    q = RoundingQuantizer(
-        jnp.asarray(q.scale, w.dtype), jnp.asarray(q.zero_point, w.dtype), q.qmin, q.qmax
-    )
     off, lo, hi = (float(a) for a in _grid_distance(w, q))
     if not (off <= atol and lo >= q.qmin and hi <= q.qmax):
         raise RuntimeError(
@@ -151,7 +127,14 @@ def nearest_rounding(params, weights, *, targets=DEFAULT_TARGETS, strict=False):
     ``W~ = s (clip(round(W/s) + zp, qmin, qmax) - zp)``, round half to even.
 
     Example:
-      >>> params_rtn = nearest_rounding(variables, QuantConfig(bits=4))  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> w4 = quant.QuantConfig(bits=4)
+      >>> k = nearest_rounding(variables, w4)["params"]["layers_0"]["kernel"]
+      >>> bool(jnp.all(k == quant.fake_quant(variables["params"]["layers_0"]["kernel"], w4)))
+      True
     """
     qs = _quantizers(params, _freeze_rules(weights), targets, strict)
     flat = flatten_params(params)
@@ -161,14 +144,14 @@ def nearest_rounding(params, weights, *, targets=DEFAULT_TARGETS, strict=False):
 
 
 @jax.jit
-def _nearest(w, q: RoundingQuantizer):
+def _nearest(w, q: quant.QParams):
     return quant.int_fake_quant(
         w, _bcast(q.scale, w), _bcast(q.zero_point, w), qmin=q.qmin, qmax=q.qmax
     )
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-def _rounding_start(w, q: RoundingQuantizer, zeta, gamma):
+def _rounding_start(w, q: quant.QParams, zeta, gamma):
     """``(w_mid, V0)``: ``w_mid = s (floor(W/s) + 1/2)`` and ``V0`` with ``h(V0) = frac(W/s)``.
 
     The learned-rounding kernels are computed from ``w_mid`` instead of ``W``: XLA may compute
@@ -191,7 +174,7 @@ _INIT_H_MARGIN = 0.01
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
-def _rounding_start_from(w, w_init, q: RoundingQuantizer, zeta, gamma):
+def _rounding_start_from(w, w_init, q: quant.QParams, zeta, gamma):
     """``(V0, reachable)``: ``V0`` whose hard rounding gives the codes of ``w_init``.
 
     ``h(V0)`` is ``1 - _INIT_H_MARGIN`` where the code of ``w_init`` is ``floor(W/s) + 1``
@@ -223,7 +206,7 @@ def _bcast(a, w):
     return a.reshape((1,) * (w.ndim - a.ndim) + a.shape)
 
 
-def _soft_kernel(w, v, q: RoundingQuantizer, cfg, *, hard=False):
+def _soft_kernel(w, v, q: quant.QParams, cfg, *, hard=False):
     return ar.adaround_weights(
         w,
         v,
@@ -246,53 +229,44 @@ def _reg_term(vs: Mapping[str, Any], step, total, cfg):
     return active * reg, beta
 
 
-def _validate_common(cfg) -> None:
-    for name in ("iterations", "batch_size", "steps_per_call"):
-        value = getattr(cfg, name)
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not cfg.learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {cfg.learning_rate}")
-    if not cfg.reg_weight >= 0:
-        raise ValueError(f"reg_weight must be >= 0, got {cfg.reg_weight}")
-    if not 0.0 <= cfg.warm_start < 1.0:
-        raise ValueError(f"warm_start must be in [0, 1), got {cfg.warm_start}")
-    if not (cfg.beta_start > 0 and cfg.beta_end > 0):
-        raise ValueError(
-            f"beta_start and beta_end must be > 0, got {cfg.beta_start}, {cfg.beta_end}"
-        )
-    if not (cfg.gamma < 0 < 1 < cfg.zeta):
-        raise ValueError(f"need gamma < 0 and zeta > 1, got gamma={cfg.gamma}, zeta={cfg.zeta}")
+def _set(cfg, name: str, value) -> None:
+    object.__setattr__(cfg, name, value)
 
 
-# ----------------------------------------------------------------------------- AdaRound
+_POSITIVE = {"low": 0.0, "open_low": True}
+_NON_NEGATIVE = {"low": 0.0}
+
+
+def _check_floats(cfg, **bounds) -> None:
+    """Checks (``_src.checks.check_float``) and stores each named float field of ``cfg``."""
+    for name, b in bounds.items():
+        _set(cfg, name, check_float(name, getattr(cfg, name), **b))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AdaRoundConfig:
-    """Layer-wise AdaRound settings (defaults: AdaRound paper / DESIGN.md)."""
+class _LearnedRounding:
+    """Settings shared by :class:`AdaRoundConfig` and :class:`RoundingConfig` (AdaRound's
+    optimisation of the rounding variables ``V``; defaults: AdaRound paper / DESIGN.md)."""
 
     # Weight quantizer: one QuantConfig for every kernel, or ordered (regex, QuantConfig|None)
     # rules as in ptq.quantize_weights; only fmt="int" grids can be rounded.
     weights: Any
-    # Optimisation steps per layer (AdaRound paper: 10k at batch 32).
-    iterations: int = 10_000
+    # Optimisation steps (AdaRound paper: 10k per layer at batch 32).
+    rounding_iters: int = 10_000
     # Calibration examples per step (sampled with replacement).
     batch_size: int = 32
     # Adam learning rate on V.
     learning_rate: float = 1e-3
-    # lambda: weight of the rounding regulariser against the reconstruction loss.
+    # lambda: weight of the rounding regulariser.
     reg_weight: float = 0.01
     # Fraction of steps without regulariser at the start.
     warm_start: float = 0.2
     # Regulariser exponent beta, annealed linearly from beta_start to beta_end after warm start.
     beta_start: float = 20.0
     beta_end: float = 2.0
-    # Rectified-sigmoid stretch.
+    # Rectified-sigmoid stretch (zeta > 1, gamma < 0).
     zeta: float = 1.1
     gamma: float = -0.1
-    # Layer inputs: "quantized" (from the model quantized so far) or "float".
-    inputs: str = "quantized"
     # Candidate leaves and rule strictness, as in ptq.quantize_weights.
     targets: str | None = DEFAULT_TARGETS
     strict: bool = False
@@ -300,10 +274,45 @@ class AdaRoundConfig:
     steps_per_call: int = 250
 
     def __post_init__(self):
-        object.__setattr__(self, "weights", _freeze_rules(self.weights))
-        _validate_common(self)
-        if self.inputs not in ("quantized", "float"):
-            raise ValueError(f"inputs must be 'quantized' or 'float', got {self.inputs!r}")
+        _set(self, "weights", _freeze_rules(self.weights))
+        for name in ("rounding_iters", "batch_size", "steps_per_call"):
+            _set(self, name, check_int(name, getattr(self, name), 1))
+        _check_floats(
+            self,
+            learning_rate=_POSITIVE,
+            reg_weight=_NON_NEGATIVE,
+            warm_start={"low": 0.0, "high": 1.0, "open_high": True},
+            beta_start=_POSITIVE,
+            beta_end=_POSITIVE,
+            zeta={"low": 1.0, "open_low": True},
+            gamma={"high": 0.0, "open_high": True},
+        )
+        if not isinstance(self.strict, bool):
+            raise TypeError(f"strict must be a bool, got {self.strict!r}")
+
+
+# ----------------------------------------------------------------------------- AdaRound
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdaRoundConfig(_LearnedRounding):
+    """Layer-wise AdaRound settings (defaults: AdaRound paper / DESIGN.md).
+
+    ``rounding_iters`` steps per layer, ``reg_weight`` is lambda of the layer loss
+    ``E||W x - W~ x~||^2 + lambda f_reg(V)``; the other shared fields are documented in the
+    source of the base class (learning rate, beta schedule, stretch, targets, ...).
+
+    Example:
+      >>> AdaRoundConfig(weights=quant.QuantConfig(bits=4), rounding_iters=2000).rounding_iters
+      2000
+    """
+
+    # Layer inputs: "quantized" (from the model quantized so far) or "float".
+    inputs: str = "quantized"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("inputs", self.inputs, ("quantized", "float"))
 
 
 def _layer_params(flat: Mapping[str, Any], name: str) -> dict:
@@ -342,7 +351,7 @@ def _layer_runner(module, qmin: int, qmax: int, hyper: tuple, total: int):
     traces: list[int] = []
 
     def loss_fn(v, w, scale, zp, fixed, xb, yb, step):
-        q = RoundingQuantizer(scale, zp, qmin, qmax)
+        q = quant.QParams(scale, zp, qmin, qmax)
         wq = _soft_kernel(w, v, q, sched)
         y = module.apply({"params": {**fixed, "kernel": wq}}, xb)
         rec = _sq_err(y, yb)
@@ -355,8 +364,7 @@ def _layer_runner(module, qmin: int, qmax: int, hyper: tuple, total: int):
         (loss, (rec, reg)), g = jax.value_and_grad(loss_fn, has_aux=True)(
             v, w, scale, zp, fixed, x_in[idx], y_t[idx], step
         )
-        updates, st = opt.update(g, st, v)
-        return (optax.apply_updates(v, updates), st), (loss, rec, reg)
+        return optimizer_update(opt, g, st, v), (loss, rec, reg)
 
     return opt, _StepRunner(one, traces), traces
 
@@ -451,7 +459,7 @@ def adaround(
       config: :class:`AdaRoundConfig`.
       key: PRNG key for batch sampling (``fold_in(key, layer)``, then ``fold_in(., step)``).
       progress: show a tqdm bar per layer.
-      return_info: also return ``{layer: {"loss", "rec", "reg": per-step arrays,
+      return_info: also return ``{layer: {"loss", "reconstruction_loss", "reg": per-step arrays,
         "soft_fraction": fraction of h not in {0, 1} before hard rounding, "traces": int}}``.
 
     Returns:
@@ -462,14 +470,22 @@ def adaround(
         Dense/Conv layer, a non-integer grid, or the rule errors of ``quantize_weights``.
 
     Example:
-      >>> cfg = AdaRoundConfig(weights=quant.QuantConfig(bits=4, symmetric=True,
-      ...                      granularity="per_channel"), iterations=2000)  # doctest: +SKIP
-      >>> params_ar = adaround(model.apply_fn, variables, data.x_calibration, cfg,
-      ...                      jax.random.key(0))  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> w4 = quant.QuantConfig(bits=4, granularity="per_channel")
+      >>> cfg = AdaRoundConfig(weights=w4, rounding_iters=200, steps_per_call=100)
+      >>> params_ar = adaround(model.apply, variables, x, cfg, jax.random.key(0), progress=False)
+      >>> params_rtn = nearest_rounding(variables, w4)
+      >>> err_ar = layer_reconstruction_error(model.apply, variables, params_ar, x)
+      >>> err_rtn = layer_reconstruction_error(model.apply, variables, params_rtn, x)
+      >>> err_ar["layers_2"] < err_rtn["layers_2"]
+      True
     """
     if not isinstance(config, AdaRoundConfig):
         raise TypeError(f"config must be an AdaRoundConfig, got {type(config).__name__}")
-    x = _check_calibration(calibration_x)
+    x = check_calibration(calibration_x)
     qs = _quantizers(params, config.weights, config.targets, config.strict)
     calls = layer_structure(apply_fn, params, x[:1])
     by_path = {kernel_path(c.name): c for c in calls}
@@ -503,21 +519,21 @@ def adaround(
             config.gamma,
             config.batch_size,
         )
-        opt, run, traces = _layer_runner(layer.module, q.qmin, q.qmax, hyper, config.iterations)
+        opt, run, traces = _layer_runner(layer.module, q.qmin, q.qmax, hyper, config.rounding_iters)
         traces_before = len(traces)
         w, v = _rounding_start(w, q, config.zeta, config.gamma)
         state = opt.init(v)
         lkey = jax.random.fold_in(key, li)
         hist = []
         bar = tqdm(
-            total=config.iterations,
+            total=config.rounding_iters,
             desc=f"adaround {layer.name}",
             disable=not progress,
             leave=False,
         )
         consts = (w, q.scale, q.zero_point, fixed, x_in, y_t, lkey)
         loop_steps = run.loops_steps((v, state), consts, jnp.int32(0))
-        for steps in _chunks(config.iterations, config.steps_per_call):
+        for steps in _chunks(config.rounding_iters, config.steps_per_call):
             (v, state), metrics = run((v, state), consts, steps, loop_steps=loop_steps)
             hist.append(metrics)
             bar.update(int(steps.shape[0]))
@@ -529,7 +545,7 @@ def adaround(
         loss, rec, reg = (jnp.concatenate([m[i] for m in hist]) for i in range(3))
         info[layer.name] = {
             "loss": loss,
-            "rec": rec,
+            "reconstruction_loss": rec,
             "reg": reg,
             "soft_fraction": float(jnp.mean((h > 0) & (h < 1))),
             "traces": len(traces) - traces_before,
@@ -548,10 +564,16 @@ def layer_reconstruction_error(
     inputs (``inputs="float"``, the layer in isolation).
 
     Example:
-      >>> layer_reconstruction_error(apply_fn, params, params_q, x_test)  # doctest: +SKIP
-      {'Dense_0': 0.012, 'Dense_1': 0.020, 'Dense_2': 0.031}
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> params_q = nearest_rounding(variables, quant.QuantConfig(bits=4))
+      >>> errors = layer_reconstruction_error(model.apply, variables, params_q, x)
+      >>> sorted(errors), all(0 < e < 1 for e in errors.values())
+      (['layers_0', 'layers_2'], True)
     """
-    x = _check_calibration(x)
+    x = check_calibration(x)
     if inputs not in ("quantized", "float"):
         raise ValueError(f"inputs must be 'quantized' or 'float', got {inputs!r}")
     io = _io_fn(apply_fn)
@@ -576,83 +598,72 @@ def layer_reconstruction_error(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RoundingConfig:
-    """Network-wise learned rounding (boundary-gap rounding when ``gap_weight > 0``)."""
+class RoundingConfig(_LearnedRounding):
+    """Network-wise learned rounding (boundary-gap rounding when ``boundary_gap_weight > 0``).
 
-    # Weight quantizer (QuantConfig or rules), integer grids only.
-    weights: Any
-    # Optimisation steps (all layers jointly).
-    iterations: int = 10_000
+    ``rounding_iters`` steps for all layers jointly; the fields shared with
+    :class:`AdaRoundConfig` (learning rate, beta schedule, stretch, targets, ...) have the same
+    meaning, the others are documented field by field in the source.
+
+    Example:
+      >>> cfg = RoundingConfig(weights=quant.QuantConfig(bits=4), boundary_gap_weight=1.0)
+      >>> cfg.band_quantile, cfg.resolution
+      (0.1, 32)
+    """
+
     # Calibration examples per step for the task / reconstruction terms.
     batch_size: int = 64
     # Band + slice-grid points per step for the boundary-gap term (each set).
     gap_batch_size: int = 128
-    # Adam learning rate on V.
-    learning_rate: float = 1e-3
     # lambda_reg: weight of the rounding regulariser, here the MEAN over all rounded weights
     # of 1 - |2h - 1|^beta (size-independent; AdaRound's layer loss uses the sum). 1.0 leaves
     # ~2 % of h undecided after 10k steps on the digits MLP (0.1 leaves ~10 %).
     reg_weight: float = 1.0
-    # Warm start / beta annealing / stretch, as in AdaRound.
-    warm_start: float = 0.2
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    zeta: float = 1.1
-    gamma: float = -0.1
     # Task term: "kl" (KL(float || quantized) of softmax logits), "mse" (logit MSE) or "none".
     task: str = "kl"
     task_weight: float = 1.0
     # Weight of the per-layer reconstruction term (mean over layers of the relative error).
     recon_weight: float = 1.0
     # lambda_gap: weight of the boundary-gap penalty (0 disables it).
-    gap_weight: float = 0.0
+    boundary_gap_weight: float = 0.0
     # T: temperature of the boundary-gap weights w = exp(-|g_F| / T).
     temperature: float = 1.0
     # Where the gap penalty is evaluated: "band", "grid" or "both".
     gap_points: str = "both"
-    # Calibration band: points whose float margin is below this quantile of the margins.
-    band_quantile: float = 0.2
+    # Calibration band: points whose float margin is at most this quantile of the margins.
+    band_quantile: float = DEFAULT_BAND_QUANTILE
     # Resolution R of the R x R grid of the calibration PCA slice.
-    slice_resolution: int = 32
+    resolution: int = 32
     # Forward pass of the objective: False evaluates it on the soft kernels W~(V) (AdaRound's
     # relaxation); True on the hard-rounded kernels (h = 1{V >= 0}) with the soft kernels'
     # gradient (straight-through), so the objective scores the network that is returned.
     # The relaxation lets a term that only asks to match the float model (the boundary-gap
     # penalty above all) be met by fractional h that hard rounding then undoes.
     straight_through: bool = False
-    # Candidate leaves and rule strictness, as in ptq.quantize_weights.
-    targets: str | None = DEFAULT_TARGETS
-    strict: bool = False
-    # Optimisation steps per jitted call.
-    steps_per_call: int = 250
 
     def __post_init__(self):
-        object.__setattr__(self, "weights", _freeze_rules(self.weights))
-        _validate_common(self)
+        super().__post_init__()
         if not isinstance(self.straight_through, bool):
             raise TypeError(f"straight_through must be a bool, got {self.straight_through!r}")
-        if self.task not in ("kl", "mse", "none"):
-            raise ValueError(f"task must be 'kl', 'mse' or 'none', got {self.task!r}")
-        if self.gap_points not in ("band", "grid", "both"):
+        check_choice("task", self.task, ("kl", "mse", "none"))
+        check_choice("gap_points", self.gap_points, ("band", "grid", "both"))
+        _check_floats(
+            self,
+            task_weight=_NON_NEGATIVE,
+            recon_weight=_NON_NEGATIVE,
+            boundary_gap_weight=_NON_NEGATIVE,
+            temperature=_POSITIVE,
+            band_quantile={"low": 0.0, "high": 1.0, "open_low": True},
+        )
+        _set(self, "resolution", check_int("resolution", self.resolution, 2))
+        _set(self, "gap_batch_size", check_int("gap_batch_size", self.gap_batch_size, 1))
+        if self.task == "none" and self.recon_weight == 0 and self.boundary_gap_weight == 0:
             raise ValueError(
-                f"gap_points must be 'band', 'grid' or 'both', got {self.gap_points!r}"
+                "the objective is empty: task='none', recon_weight=0, boundary_gap_weight=0"
             )
-        for name in ("task_weight", "recon_weight", "gap_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 < self.band_quantile <= 1.0:
-            raise ValueError(f"band_quantile must be in (0, 1], got {self.band_quantile}")
-        if not (isinstance(self.slice_resolution, int) and self.slice_resolution >= 2):
-            raise ValueError(f"slice_resolution must be an int >= 2, got {self.slice_resolution}")
-        if not (isinstance(self.gap_batch_size, int) and self.gap_batch_size >= 1):
-            raise ValueError(f"gap_batch_size must be a positive int, got {self.gap_batch_size}")
-        if self.task == "none" and self.recon_weight == 0 and self.gap_weight == 0:
-            raise ValueError("the objective is empty: task='none', recon_weight=0, gap_weight=0")
 
 
-def _init_from(w_mid, flat_init, qs: Mapping[str, RoundingQuantizer], config) -> dict:
+def _init_from(w_mid, flat_init, qs: Mapping[str, quant.QParams], config) -> dict:
     """Rounding variables that reproduce the kernels of ``init_params`` (see optimize_rounding).
 
     ``w_mid``: the kernels of :func:`_rounding_start` (``floor`` agrees across programs).
@@ -682,15 +693,6 @@ def _init_from(w_mid, flat_init, qs: Mapping[str, RoundingQuantizer], config) ->
     return v0
 
 
-def _top2_gap(logits_q, logits_f):
-    """``g = z_a - z_b`` with a, b the float model's top-1 and runner-up classes."""
-    order = jnp.argsort(-logits_f, axis=-1)
-    a, b = order[..., :1], order[..., 1:2]
-    ga = jnp.take_along_axis(logits_q, a, axis=-1)[..., 0]
-    gb = jnp.take_along_axis(logits_q, b, axis=-1)[..., 0]
-    return ga - gb
-
-
 def rounding_batch_data(apply_fn: Callable, params, calibration_x, config: RoundingConfig) -> dict:
     """Calibration pools the rounding objective samples from (float logits precomputed).
 
@@ -700,17 +702,23 @@ def rounding_batch_data(apply_fn: Callable, params, calibration_x, config: Round
     ``R x R`` grid of the PCA slice of the calibration inputs, ``geometry.pca_slice``).
 
     Example:
-      >>> pools = rounding_batch_data(apply_fn, variables, x_cal, cfg)  # doctest: +SKIP
-      >>> pools["grid_x"].shape  # doctest: +SKIP
-      (1024, 64)
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> cfg = RoundingConfig(weights=quant.QuantConfig(bits=4), resolution=8)
+      >>> pools = rounding_batch_data(model.apply, variables, x, cfg)
+      >>> pools["grid_x"].shape, pools["grid_logits"].shape
+      ((64, 4), (64, 3))
     """
-    x = _check_calibration(calibration_x)
+    x = check_calibration(calibration_x)
     run = jax.jit(apply_fn)
     logits = run(params, x)
-    margin = _top2_gap(logits, logits)
-    tau = jnp.quantile(margin, config.band_quantile)
+    margin = geometry.pair_gap(logits, *geometry.top2(logits))
+    tau = geometry.band_threshold(margin, quantile=config.band_quantile)
     band = np.asarray(margin <= tau)
-    grid_x = geometry.slice_grid_points(x, config.slice_resolution)
+    slc = geometry.pca_slice(x, resolution=config.resolution)
+    grid_x = slc.points(flat=False).reshape((-1,) + x.shape[1:])
     return {
         "x": x,
         "logits": logits,
@@ -726,7 +734,7 @@ def make_rounding_objective(
 ) -> Callable[[Any, Mapping[str, Any]], tuple[jax.Array, dict]]:
     """The default rounding objective ``objective(soft_params, batch) -> (loss, aux)``.
 
-    ``loss = task_weight * T(z_Q, z_F) + recon_weight * R + gap_weight * G`` with
+    ``loss = task_weight * T(z_Q, z_F) + recon_weight * R + boundary_gap_weight * G`` with
 
     * ``T``: ``KL(softmax z_F || softmax z_Q)`` (or logit MSE) on ``batch["x"]``;
     * ``R``: mean over Dense/Conv layers of ``E||y_l - y~_l||^2 / E||y_l||^2`` on ``batch["x"]``;
@@ -739,11 +747,20 @@ def make_rounding_objective(
       KL term of ~3e-2 and ~4e-3, while soft kernels drive ``G`` below 1e-5 with fractional
       ``h`` (use ``straight_through=True`` with the gap term).
 
-    ``aux`` holds each term. The rounding regulariser is added by :func:`optimize_rounding`.
+    ``aux`` holds each term: ``"task"``, ``"reconstruction_error"`` (``R``) and
+    ``"boundary_gap_penalty"`` (``G``), those with a non-zero weight. The rounding
+    regulariser is added by :func:`optimize_rounding`.
 
     Example:
-      >>> objective = make_rounding_objective(apply_fn, variables, cfg)  # doctest: +SKIP
-      >>> loss, aux = objective(variables, batch)  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> cfg = RoundingConfig(weights=quant.QuantConfig(bits=4), boundary_gap_weight=1.0)
+      >>> objective = make_rounding_objective(model.apply, variables, cfg)
+      >>> loss, aux = objective(variables, rounding_batch_data(model.apply, variables, x, cfg))
+      >>> sorted(aux), round(float(loss), 6)  # the float model scores 0
+      (['boundary_gap_penalty', 'reconstruction_error', 'task'], 0.0)
     """
     io = None
     if config.recon_weight > 0:
@@ -776,18 +793,21 @@ def make_rounding_objective(
                     ]
                 )
             )
-            aux["recon"] = r
+            aux["reconstruction_error"] = r
             loss = loss + config.recon_weight * r
-        if config.gap_weight > 0:
+        if config.boundary_gap_weight > 0:
             keys = {"band": ("band",), "grid": ("grid",), "both": ("band", "grid")}
             pts = [batch[f"{k}_x"] for k in keys[config.gap_points]]
             zfs = [batch[f"{k}_logits"] for k in keys[config.gap_points]]
             zq = apply_fn(soft_params, jnp.concatenate(pts))
             g = geometry.boundary_gap_penalty(
-                zq, jnp.concatenate(zfs), temperature=config.temperature
+                zq,
+                jnp.concatenate(zfs),
+                temperature=config.temperature,
+                reduction="weighted_mean",
             )
-            aux["gap"] = g
-            loss = loss + config.gap_weight * g
+            aux["boundary_gap_penalty"] = g
+            loss = loss + config.boundary_gap_weight * g
         return loss, aux
 
     return objective
@@ -819,7 +839,7 @@ def optimize_rounding(
     points and their float logits), ``batch["band_x"], batch["band_logits"]``
     and ``batch["grid_x"], batch["grid_logits"]`` (``gap_batch_size`` each). Default
     objective: :func:`make_rounding_objective` (KL task term + boundary-gap penalty with
-    weight ``gap_weight`` and temperature ``temperature``). The result is hard-rounded and
+    weight ``boundary_gap_weight`` and temperature ``temperature``). The result is hard-rounded and
     checked to lie on the grid.
 
     Write your own rounding objective: any pure function of the soft params and the batch
@@ -861,14 +881,21 @@ def optimize_rounding(
       Variables dict with hard-rounded kernels (plus info if requested).
 
     Example:
-      >>> cfg = RoundingConfig(weights=QuantConfig(bits=4, symmetric=True,
-      ...                      granularity="per_channel"), gap_weight=30.0, temperature=1.0)
-      ... # doctest: +SKIP
-      >>> params_bg = optimize_rounding(apply_fn, variables, x_cal, cfg, key)  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> cfg = RoundingConfig(weights=quant.QuantConfig(bits=4, granularity="per_channel"),
+      ...                      boundary_gap_weight=30.0, temperature=1.0, rounding_iters=100,
+      ...                      steps_per_call=100, resolution=8)
+      >>> params_bg = optimize_rounding(model.apply, variables, x, cfg, jax.random.key(0),
+      ...                               progress=False)
+      >>> params_bg["params"]["layers_0"]["kernel"].shape  # on the 4-bit grid (checked)
+      (4, 8)
     """
     if not isinstance(config, RoundingConfig):
         raise TypeError(f"config must be a RoundingConfig, got {type(config).__name__}")
-    x = _check_calibration(calibration_x)
+    x = check_calibration(calibration_x)
     qs = _quantizers(params, config.weights, config.targets, config.strict)
     if objective is None:
         objective = make_rounding_objective(apply_fn, params, config)
@@ -886,7 +913,7 @@ def optimize_rounding(
     n_weights = sum(int(np.prod(a.shape)) for a in w.values())
     opt = optax.adam(config.learning_rate)
     traces: list[int] = []
-    total = config.iterations
+    total = config.rounding_iters
 
     base = {p: a for p, a in flat.items() if p not in qs}
 
@@ -923,8 +950,7 @@ def optimize_rounding(
         vs, st = carry
         batch = sample(pools, jax.random.fold_in(key, step))
         (loss, (aux, reg)), g = jax.value_and_grad(loss_fn, has_aux=True)(vs, w, base, batch, step)
-        updates, st = opt.update(g, st, vs)
-        return (optax.apply_updates(vs, updates), st), {"loss": loss, "reg": reg, **aux}
+        return optimizer_update(opt, g, st, vs), {"loss": loss, "reg": reg, **aux}
 
     run = _StepRunner(one, traces)
     vs, st = v0, opt.init(v0)

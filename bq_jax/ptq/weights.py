@@ -42,7 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bq_jax.ptq import _quant as quant
+from bq_jax import quant
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = [
@@ -116,8 +116,14 @@ def resolve_rules(
         for a non-float leaf, or an invalid regex. TypeError: malformed rules.
 
     Example:
-      >>> resolve_rules(variables, [(r"Dense_0", cfg8), (r"kernel$", cfg4)])  # doctest: +SKIP
-      {'params/Dense_0/kernel': cfg8, 'params/Dense_1/kernel': cfg4, ...}
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> cfg8, cfg4 = quant.QuantConfig(bits=8), quant.QuantConfig(bits=4)
+      >>> plan = resolve_rules(variables, [(r"layers_0/", cfg8), (r"kernel$", cfg4)])
+      >>> {path: cfg.bits for path, cfg in plan.items()}
+      {'params/layers_0/kernel': 8, 'params/layers_2/kernel': 4}
     """
     rules = _normalise_rules(spec_or_rules, targets)
     flat = flatten_params(params)
@@ -226,10 +232,14 @@ def quantize_weights(
       ``return_summary``.
 
     Example:
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
       >>> cfg = quant.QuantConfig(bits=4, symmetric=True, granularity="per_channel")
-      >>> params_q, rows = quantize_weights(variables, cfg, return_summary=True)  # doctest: +SKIP
-      >>> rows[0]["path"], rows[0]["bits"]  # doctest: +SKIP
-      ('params/Dense_0/kernel', 4)
+      >>> params_q, rows = quantize_weights(variables, cfg, return_summary=True)
+      >>> rows[0]["path"], rows[0]["bits"]
+      ('params/layers_0/kernel', 4)
     """
     plan = resolve_rules(params, spec_or_rules, targets=targets, strict=strict)
     flat = flatten_params(params)
@@ -248,7 +258,13 @@ def stack_params(variants: Sequence[Mapping[str, Any]]):
     """Stacks variables dicts of equal structure along a new leading variant axis ``V``.
 
     Example:
-      >>> stack = stack_params([params_a, params_b])  # leaves get shape (2, ...)  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> stack = stack_params([variables, quantize_weights(variables, quant.QuantConfig(bits=4))])
+      >>> stack["params"]["layers_0"]["kernel"].shape
+      (2, 4, 8)
     """
     if len(variants) == 0:
         raise ValueError("stack_params needs at least one variant")
@@ -281,9 +297,15 @@ def quantize_weights_stack(
       Variables dict whose leaves have shape ``(V, *leaf.shape)``.
 
     Example:
-      >>> stack = quantize_weights_stack(variables, [QuantConfig(bits=b) for b in range(2, 9)])
-      ... # doctest: +SKIP
-      >>> labels = geometry.sweep_labels(apply_fn, stack, slc)  # int32[7, R, R]  # doctest: +SKIP
+      >>> import flax.linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+      >>> x = jax.random.normal(jax.random.key(0), (64, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> stack = quantize_weights_stack(variables, [quant.QuantConfig(bits=b) for b in (2, 4, 8)])
+      >>> from bq_jax import geometry
+      >>> slc = geometry.pca_slice(x, resolution=16)
+      >>> geometry.sweep_labels(model.apply, stack, slc).shape
+      (3, 16, 16)
     """
     if isinstance(configs, str | bytes) or not isinstance(configs, Sequence) or _is_config(configs):
         raise TypeError("configs must be a sequence of QuantConfigs or rule lists")

@@ -22,13 +22,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bq_jax.quant.common import check_qrange, check_x
+
 __all__ = [
     "ADAROUND_GAMMA",
     "ADAROUND_ZETA",
     "adaround_codes",
     "adaround_h",
     "adaround_init",
-    "adaround_init_v",
     "adaround_regularizer",
     "adaround_weights",
     "beta_schedule",
@@ -50,13 +51,6 @@ def _check_stretch(zeta: float, gamma: float) -> None:
             f"the rectified sigmoid needs gamma < 0 < 1 < zeta so that h reaches 0 and 1 "
             f"exactly; got zeta={zeta}, gamma={gamma}"
         )
-
-
-def _as_float_array(x, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-    return x
 
 
 def _broadcast_like(q, w: jax.Array, name: str) -> jax.Array:
@@ -94,7 +88,7 @@ def adaround_h(v, *, zeta: float = ADAROUND_ZETA, gamma: float = ADAROUND_GAMMA)
       0.5
     """
     _check_stretch(zeta, gamma)
-    v = _as_float_array(v, "v")
+    v = check_x(v, "v")
     return jnp.clip(jax.nn.sigmoid(v) * (zeta - gamma) + gamma, 0.0, 1.0)
 
 
@@ -122,16 +116,12 @@ def adaround_init(
       Array([0.52, 0.52], dtype=float32)
     """
     _check_stretch(zeta, gamma)
-    w = _as_float_array(w, "w")
+    w = check_x(w, "w")
     s = _broadcast_like(scale, w, "scale")
     x = w / s
     frac = x - jnp.floor(x)
     p = jnp.clip((frac - gamma) / (zeta - gamma), _INIT_EPS, 1.0 - _INIT_EPS)
     return jnp.log(p) - jnp.log1p(-p)
-
-
-# The interface name used in the team contract.
-adaround_init_v = adaround_init
 
 
 def adaround_codes(
@@ -159,22 +149,23 @@ def adaround_codes(
       >>> adaround_codes(jnp.array([0.3]), jnp.array([1.0]), 0.5, 0, qmin=-8, qmax=7)
       Array([1], dtype=int32)
     """
-    _check_stretch(zeta, gamma)
-    w = _as_float_array(w, "w")
-    v = _as_float_array(v, "v")
-    _check_shapes(w, v, qmin, qmax)
-    s = _broadcast_like(scale, w, "scale")
-    zp = _broadcast_like(zero_point, w, "zero_point")
+    w, v, s, zp = _prepare(w, v, scale, zero_point, qmin, qmax, zeta, gamma)
     up = (v >= 0).astype(w.dtype)
-    codes = jnp.clip(jnp.floor(w / s) + up + jnp.round(zp), qmin, qmax)
+    codes = jnp.clip(jnp.floor(w / s) + up + zp, qmin, qmax)
     return codes.astype(jnp.int32)
 
 
-def _check_shapes(w, v, qmin, qmax) -> None:
+def _prepare(w, v, scale, zero_point, qmin, qmax, zeta, gamma):
+    """Checked ``(w, v, scale, round(zero_point))``, the parameters broadcast against ``w``."""
+    _check_stretch(zeta, gamma)
+    w = check_x(w, "w")
+    v = check_x(v, "v")
     if w.shape != v.shape:
         raise ValueError(f"v must have the shape of w, got {v.shape} and {w.shape}")
-    if not (isinstance(qmin, int) and isinstance(qmax, int)) or qmin >= qmax:
-        raise ValueError(f"qmin < qmax must be Python ints, got qmin={qmin!r}, qmax={qmax!r}")
+    check_qrange(qmin, qmax)
+    s = _broadcast_like(scale, w, "scale")
+    zp = jnp.round(_broadcast_like(zero_point, w, "zero_point"))
+    return w, v, s, zp
 
 
 def adaround_weights(
@@ -214,12 +205,7 @@ def adaround_weights(
       >>> adaround_weights(w, jnp.array([-1.0, 1.0]), 0.5, 0, qmin=-8, qmax=7, hard=True)
       Array([0., 0.], dtype=float32)
     """
-    _check_stretch(zeta, gamma)
-    w = _as_float_array(w, "w")
-    v = _as_float_array(v, "v")
-    _check_shapes(w, v, qmin, qmax)
-    s = _broadcast_like(scale, w, "scale")
-    zp = jnp.round(_broadcast_like(zero_point, w, "zero_point"))
+    w, v, s, zp = _prepare(w, v, scale, zero_point, qmin, qmax, zeta, gamma)
     if hard:
         h = (v >= 0).astype(w.dtype)
     else:

@@ -41,13 +41,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bq_jax.quant.integer import (
-    _check_scale,
-    _check_x,
-    _concrete,
-    _divide,
-    _is_int,
-    _ste,
+from bq_jax.quant.common import (
+    SCALE_GRADS,
+    check_scale,
+    check_x,
+    compute_dtype,
+    concrete,
+    divide,
+    is_int,
+    ste,
+    ste_lsq,
 )
 
 __all__ = [
@@ -81,7 +84,7 @@ def _parse(fmt) -> tuple[str | None, int, int]:
         if fmt not in FLOAT_FORMATS:
             raise _format_error(fmt)
         return (fmt, *FLOAT_FORMATS[fmt])
-    if isinstance(fmt, tuple | list) and len(fmt) == 2 and all(_is_int(b) for b in fmt):
+    if isinstance(fmt, tuple | list) and len(fmt) == 2 and all(is_int(b) for b in fmt):
         e, m = int(fmt[0]), int(fmt[1])
         if _EXP_BITS[0] <= e <= _EXP_BITS[1] and _MAN_BITS[0] <= m <= _MAN_BITS[1]:
             return None, e, m
@@ -166,17 +169,23 @@ def float_round(v, exp_bits: int, man_bits: int) -> jax.Array:
     return jnp.ldexp(jnp.round(jnp.ldexp(v, shift)), -shift)
 
 
-def float_fake_quant(x, fmt, *, scale=1.0) -> jax.Array:
+def float_fake_quant(x, fmt, *, scale=1.0, scale_grad: str = "none", grad_scale=1.0) -> jax.Array:
     """Floating-point quantize-dequantize with a straight-through gradient.
 
     ::
 
         y = cast(clip(x / scale, -max, max), fmt) * scale        (round half to even)
         dy/dx = 1 if |x / scale| <= max  else 0                 (max itself is inside)
+        dy/ds = 0                                  scale_grad="none" (scale is a constant)
+        dy/ds = g * (Q(x/s) - x/s)                 scale_grad="lsq", inside the range,
+                g * Q(x/s) = +-g * max             clipped
 
-    Bit-exact with ``ml_dtypes`` casts (see the module docstring for the formats). The scale
-    is a constant for the gradient (no LSQ term). NaN inputs stay NaN (also for ``e2m1``,
-    which has no NaN encoding); ``+-inf`` saturate to ``+-max * scale``.
+    with ``Q(v) = cast(clip(v, -max, max), fmt)``: LSQ's step-size gradient (Esser et al.
+    2020, eq. 3) applied to the floating-point grid, scaled by ``g = grad_scale`` (LSQ's
+    ``1 / sqrt(N * max)``, ``lsq_grad_scale(N, float_format_max(fmt))``). Bit-exact with
+    ``ml_dtypes`` casts (see the module docstring for the formats); the forward value does not
+    depend on ``scale_grad``. NaN inputs stay NaN (also for ``e2m1``, which has no NaN
+    encoding); ``+-inf`` saturate to ``+-max * scale``.
 
     Args:
       x: float array; computed in float32 or wider, returned in the dtype of ``x``.
@@ -184,6 +193,8 @@ def float_fake_quant(x, fmt, *, scale=1.0) -> jax.Array:
       scale: positive finite scale, a scalar or an array of the rank of ``x`` broadcasting
         against it (per-tensor / per-channel / per-group as for ``int_fake_quant``). Checked
         when concrete; under tracing an invalid scale gives NaN.
+      scale_grad: ``"none"`` or ``"lsq"``.
+      grad_scale: LSQ gradient scale ``g`` (float or array), used with ``scale_grad="lsq"``.
 
     Returns:
       Array with the shape and dtype of ``x``.
@@ -191,23 +202,30 @@ def float_fake_quant(x, fmt, *, scale=1.0) -> jax.Array:
     Example:
       >>> float_fake_quant(jnp.array([0.3, 100.0, 1000.0]), "e4m3")
       Array([3.125e-01, 9.600e+01, 4.480e+02], dtype=float32)
+      >>> f = lambda s: jnp.sum(float_fake_quant(jnp.array([0.3, 20.0]), "e2m1", scale=s,
+      ...                                        scale_grad="lsq"))
+      >>> round(float(jax.grad(f)(1.0)), 6)  # (0.5 - 0.3) + 6
+      6.2
     """
+    if scale_grad not in SCALE_GRADS:
+        raise ValueError(f"scale_grad must be one of {SCALE_GRADS}, got {scale_grad!r}")
     name, e, m = _parse(fmt)
-    x = _check_x(x)
-    s = _check_scale(scale, x.shape)
-    ct = jnp.promote_types(jnp.promote_types(x.dtype, s.dtype), jnp.float32)
+    x = check_x(x)
+    s = check_scale(scale, x.shape)
+    ct = compute_dtype(x.dtype, s.dtype)
+    g = jnp.asarray(grad_scale, ct) if scale_grad == "lsq" else None
     return _float_fake_quant_jit(
-        x, s.astype(ct), name=name, e=e, m=m, check=_concrete(scale) is None
+        x, s.astype(ct), g, name=name, e=e, m=m, check=concrete(scale) is None
     )
 
 
 # One compiled program per format (also for eager calls); inlined under an outer jit.
 @functools.partial(jax.jit, static_argnames=("name", "e", "m", "check"))
-def _float_fake_quant_jit(x, s, *, name, e, m, check):
+def _float_fake_quant_jit(x, s, grad_scale, *, name, e, m, check):
     fmax = float_format_max(name if name is not None else (e, m))
     xc = x.astype(s.dtype)
     xs, ss = jax.lax.stop_gradient(xc), jax.lax.stop_gradient(s)
-    v = _divide(xs, ss)
+    v = divide(xs, ss)
     vc = jnp.clip(v, -fmax, fmax)
     if name is not None:
         q = vc.astype(_NAMED_DTYPES[name]).astype(s.dtype)
@@ -218,5 +236,10 @@ def _float_fake_quant_jit(x, s, *, name, e, m, check):
     y = q * ss
     if check:  # a traced scale could not be validated eagerly
         y = jnp.where((ss > 0) & jnp.isfinite(ss), y, jnp.nan)
-    y = _ste(y, xc, jnp.abs(v) <= fmax)
+    inside = jnp.abs(v) <= fmax
+    if grad_scale is not None:  # scale_grad="lsq"
+        factor = jnp.where(inside, q - v, q) * jax.lax.stop_gradient(grad_scale)
+        y = ste_lsq(y, xc, s, inside, factor)
+    else:
+        y = ste(y, xc, inside)
     return y.astype(x.dtype)

@@ -32,6 +32,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bq_jax.quant.common import (
+    SCALE_GRADS,
+    check_axis,
+    check_broadcast,
+    check_qrange,
+    check_scale,
+    check_x,
+    compute_dtype,
+    concrete,
+    divide,
+    is_int,
+    ste,
+    ste_lsq,
+)
+
 __all__ = [
     "ROUNDING_MODES",
     "SCALE_GRADS",
@@ -40,6 +55,7 @@ __all__ = [
     "from_groups",
     "int_fake_quant",
     "int_range",
+    "lsq_grad_scale",
     "per_channel_shape",
     "per_group_shape",
     "quantize",
@@ -48,20 +64,12 @@ __all__ = [
 
 # Accepted values of `rounding`.
 ROUNDING_MODES = ("nearest", "stochastic", "floor", "ceil")
-# Accepted values of `scale_grad`.
-SCALE_GRADS = ("none", "lsq")
 # Candidate code dtypes, smallest first.
 _SIGNED_CODES = (jnp.int8, jnp.int16, jnp.int32)
 _UNSIGNED_CODES = (jnp.uint8, jnp.uint16, jnp.int32)
-# Largest |code|: every integer up to 2^24 is exact in float32, the compute dtype.
-_MAX_CODE = 2**24
 
 
 # ----------------------------------------------------------------------------- ranges
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
 
 
 def int_range(bits: int, *, symmetric: bool = True, narrow: bool = False) -> tuple[int, int]:
@@ -84,7 +92,7 @@ def int_range(bits: int, *, symmetric: bool = True, narrow: bool = False) -> tup
       >>> int_range(8), int_range(8, narrow=True), int_range(4, symmetric=False)
       ((-128, 127), (-127, 127), (0, 15))
     """
-    if not _is_int(bits) or not 2 <= bits <= 16:
+    if not is_int(bits) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an int in [2, 16], got {bits!r}")
     for name, v in (("symmetric", symmetric), ("narrow", narrow)):
         if not isinstance(v, bool | np.bool_):
@@ -93,20 +101,6 @@ def int_range(bits: int, *, symmetric: bool = True, narrow: bool = False) -> tup
         qmax = 2 ** (bits - 1) - 1
         return (-qmax if narrow else -qmax - 1), qmax
     return (1 if narrow else 0), 2**bits - 1
-
-
-def _check_qrange(qmin, qmax) -> tuple[int, int]:
-    for name, v in (("qmin", qmin), ("qmax", qmax)):
-        if not _is_int(v):
-            raise TypeError(f"{name} must be a Python int, got {v!r}")
-    qmin, qmax = int(qmin), int(qmax)
-    if qmin >= qmax:
-        raise ValueError(f"need qmin < qmax, got qmin={qmin}, qmax={qmax}")
-    if qmin < -_MAX_CODE or qmax > _MAX_CODE:
-        raise ValueError(
-            f"qmin, qmax must lie in [-2^24, 2^24] (codes exact in float32), got [{qmin}, {qmax}]"
-        )
-    return qmin, qmax
 
 
 def code_dtype(qmin: int, qmax: int) -> jnp.dtype:
@@ -120,7 +114,7 @@ def code_dtype(qmin: int, qmax: int) -> jnp.dtype:
       >>> code_dtype(-128, 127), code_dtype(0, 255), code_dtype(-32768, 32767), code_dtype(0, 65535)
       (dtype('int8'), dtype('uint8'), dtype('int16'), dtype('uint16'))
     """
-    qmin, qmax = _check_qrange(qmin, qmax)
+    qmin, qmax = check_qrange(qmin, qmax)
     for dt in _UNSIGNED_CODES if qmin >= 0 else _SIGNED_CODES:
         info = jnp.iinfo(dt)
         if info.min <= qmin and qmax <= info.max:
@@ -131,15 +125,6 @@ def code_dtype(qmin: int, qmax: int) -> jnp.dtype:
 # ----------------------------------------------------------------------------- layout
 
 
-def _check_axis(ndim: int, axis, what: str) -> int:
-    if not _is_int(axis) or ndim == 0 or not -ndim <= axis < ndim:
-        raise ValueError(
-            f"axis={axis!r} is out of range for {what} of a tensor of rank {ndim} "
-            f"(accepted: an int with -{ndim} <= axis < {ndim}, rank >= 1)"
-        )
-    return int(axis) % ndim
-
-
 def per_channel_shape(shape, axis: int) -> tuple[int, ...]:
     """Shape of per-channel parameters along ``axis``: ``shape`` with 1 on every other axis.
 
@@ -148,16 +133,16 @@ def per_channel_shape(shape, axis: int) -> tuple[int, ...]:
       ((1, 1, 1, 32), (8, 1))
     """
     shape = tuple(int(s) for s in shape)
-    ax = _check_axis(len(shape), axis, "per-channel quantization")
+    ax = check_axis(len(shape), axis, "per-channel quantization")
     return tuple(s if i == ax else 1 for i, s in enumerate(shape))
 
 
 def _group_dims(shape, axis, group_size) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in shape)
-    ax = _check_axis(len(shape), axis, "per-group quantization")
+    ax = check_axis(len(shape), axis, "per-group quantization")
     c = shape[ax]
     m = math.prod(shape) // c if c else 0
-    if not (_is_int(group_size) and group_size >= 1) or m % group_size:
+    if not (is_int(group_size) and group_size >= 1) or m % group_size:
         raise ValueError(
             f"group_size={group_size!r} must be a positive divisor of the {m} values per channel "
             f"of a tensor of shape {shape} with channel axis {axis}"
@@ -205,7 +190,7 @@ def from_groups(xg, shape, *, axis: int) -> jax.Array:
       True
     """
     shape = tuple(int(s) for s in shape)
-    ax = _check_axis(len(shape), axis, "per-group quantization")
+    ax = check_axis(len(shape), axis, "per-group quantization")
     xg = jnp.asarray(xg)
     if xg.size != math.prod(shape):
         raise ValueError(
@@ -218,56 +203,12 @@ def from_groups(xg, shape, *, axis: int) -> jax.Array:
 # ----------------------------------------------------------------------------- checks
 
 
-def _concrete(a) -> np.ndarray | None:
-    """The numpy value of ``a``, or None when it is traced (under jit / vmap / grad)."""
-    if isinstance(a, jax.core.Tracer):
-        return None
-    return np.asarray(a)
-
-
-def _check_x(x) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
-    return x
-
-
-def _check_broadcast(name: str, a, x_shape) -> None:
-    shape = jnp.shape(a)
-    ok = len(shape) in (0, len(x_shape))
-    if ok:
-        try:
-            ok = np.broadcast_shapes(shape, x_shape) == tuple(x_shape)
-        except ValueError:
-            ok = False
-    if not ok:
-        raise ValueError(
-            f"{name} of shape {shape} must be a scalar or have the rank of x and broadcast "
-            f"against x.shape={tuple(x_shape)} (per-channel: reshape to "
-            f"per_channel_shape(x.shape, axis); per-group: use to_groups / per_group_shape)"
-        )
-
-
-def _check_scale(scale, x_shape, *, name: str = "scale") -> jax.Array:
-    s = jnp.asarray(scale)
-    if jnp.issubdtype(s.dtype, jnp.integer):
-        s = s.astype(jnp.float32)
-    elif not jnp.issubdtype(s.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a real number or float array, got dtype {s.dtype}")
-    _check_broadcast(name, s, x_shape)
-    v = _concrete(scale)
-    if v is not None and not np.all(np.isfinite(v) & (v > 0)):
-        bad = v[~(np.isfinite(v) & (v > 0))].ravel()[:4]
-        raise ValueError(f"{name} must be finite and > 0 everywhere, got values {bad.tolist()}")
-    return s
-
-
 def _check_zero_point(zero_point, x_shape, qmin: int, qmax: int) -> jax.Array:
     z = jnp.asarray(zero_point)
     if not (jnp.issubdtype(z.dtype, jnp.integer) or jnp.issubdtype(z.dtype, jnp.floating)):
         raise TypeError(f"zero_point must be an integer array, got dtype {z.dtype}")
-    _check_broadcast("zero_point", z, x_shape)
-    v = _concrete(zero_point)
+    check_broadcast("zero_point", z, x_shape)
+    v = concrete(zero_point)
     if v is not None:
         v = np.asarray(v, np.float64)
         bad = ~(np.isfinite(v) & (v == np.round(v)) & (v >= qmin) & (v <= qmax))
@@ -312,65 +253,24 @@ def _round(v, rounding: str, key):
 
 def _prepare(x, scale, zero_point, qmin, qmax, rounding, key):
     """Validated, dtype-aligned inputs shared by quantize and int_fake_quant."""
-    x = _check_x(x)
-    qmin, qmax = _check_qrange(qmin, qmax)
+    x = check_x(x)
+    qmin, qmax = check_qrange(qmin, qmax)
     _check_rounding(rounding, key)
-    s = _check_scale(scale, x.shape)
+    s = check_scale(scale, x.shape)
     z = _check_zero_point(zero_point, x.shape, qmin, qmax)
-    concrete = _concrete(scale) is not None and _concrete(zero_point) is not None
+    known = concrete(scale) is not None and concrete(zero_point) is not None
     # Compute in at least float32 (codes up to 2^16 must be exact), in x's dtype if wider;
     # the scale carries the compute dtype into the compiled program.
-    ct = jnp.promote_types(jnp.promote_types(x.dtype, s.dtype), jnp.float32)
-    return x, s.astype(ct), z, qmin, qmax, ct, concrete
-
-
-def _divide(x, s):
-    """``x / s`` as an IEEE division per element (correctly rounded, as numpy's).
-
-    XLA's algebraic simplifier rewrites a division by a broadcast operand (a per-tensor or
-    per-channel scale, also one that ``vmap`` broadcasts) into a multiplication by its
-    reciprocal, which is off by one ulp for about a third of the inputs and so rounds some
-    near-ties the other way. Dividing by ``where(isnan(x), 1, s)`` -- elementwise the same
-    divisor wherever the result is not NaN anyway -- is not a broadcast, so the division stays
-    a division; it still fuses into one loop.
-    """
-    return x / jnp.where(jnp.isnan(x), jnp.ones_like(s), s)
+    ct = compute_dtype(x.dtype, s.dtype)
+    return x, s.astype(ct), z, qmin, qmax, ct, known
 
 
 def _codes(x, s, z, qmin, qmax, rounding, key):
     """Float codes ``clip(round(x / s) + zp, qmin, qmax)`` and their pieces (no gradient)."""
-    v = _divide(x, s)
+    v = divide(x, s)
     r = _round(v, rounding, key)
     code = r + z.astype(v.dtype)
     return v, r, code, jnp.clip(code, qmin, qmax)
-
-
-@jax.custom_jvp
-def _ste(y, x, x_mask):
-    """Returns ``y``; its derivative is ``where(x_mask, dx, 0)`` (straight-through)."""
-    del x, x_mask
-    return y
-
-
-@_ste.defjvp
-def _ste_jvp(primals, tangents):
-    y, _, x_mask = primals
-    _, dx, _ = tangents
-    return y, jnp.where(x_mask, dx, jnp.zeros_like(dx))
-
-
-@jax.custom_jvp
-def _ste_lsq(y, x, scale, x_mask, scale_factor):
-    """Returns ``y``; its derivative is ``where(x_mask, dx, 0) + scale_factor * dscale``."""
-    del x, scale, x_mask, scale_factor
-    return y
-
-
-@_ste_lsq.defjvp
-def _ste_lsq_jvp(primals, tangents):
-    y, _, _, x_mask, scale_factor = primals
-    _, dx, dscale, _, _ = tangents
-    return y, jnp.where(x_mask, dx, jnp.zeros_like(dx)) + scale_factor * dscale
 
 
 def int_fake_quant(
@@ -405,10 +305,12 @@ def int_fake_quant(
         dy/ds = g * (round(x/s) - x/s)              scale_grad="lsq", inside the range,
                 g * (qmin - zp), g * (qmax - zp)    clipped low / high
 
-    The LSQ step-size gradient is Esser et al. 2020 ("Learned Step Size Quantization", eq. 3).
-    Its gradient scale ``g`` is applied here as ``grad_scale`` (default 1: unscaled); LSQ
-    recommends ``g = 1 / sqrt(N * qmax)`` with ``N`` the number of values sharing a scale,
-    which the caller computes. ``zero_point`` never gets a gradient.
+    ``scale_grad="lsq"`` is LSQ, learned step size quantization (Esser et al. 2020, "Learned
+    Step Size Quantization", ICLR 2020, eq. 3): the step size ``s`` is trained with the
+    gradient above, multiplied by the gradient scale ``g = grad_scale`` (default 1: unscaled;
+    LSQ uses ``g = 1 / sqrt(N * qmax)``, :func:`lsq_grad_scale`, with ``N`` the number of values
+    sharing a scale). The forward value is the same for both ``scale_grad`` settings, bit for
+    bit. ``zero_point`` never gets a gradient.
 
     Idempotence: with ``"nearest"``, ``q(q(x)) == q(x)`` bit for bit for any scale. With
     ``"floor"`` / ``"ceil"`` / ``"stochastic"`` that holds when grid values divide back
@@ -434,13 +336,36 @@ def int_fake_quant(
     Example:
       >>> int_fake_quant(jnp.array([0.3, 0.75, -2.0]), 0.5, 0, qmin=-2, qmax=1)  # 1.5 -> 2 -> 1
       Array([ 0.5,  0.5, -1. ], dtype=float32)
+      >>> f = lambda s: jnp.sum(int_fake_quant(jnp.array([0.3, 2.0]), s, 0, qmin=-2, qmax=1,
+      ...                                      scale_grad="lsq", grad_scale=0.5))
+      >>> round(float(jax.grad(f)(0.5)), 6)  # 0.5 * ((round(0.6) - 0.6) + (qmax - 0))
+      0.7
     """
     if scale_grad not in SCALE_GRADS:
         raise ValueError(f"scale_grad must be one of {SCALE_GRADS}, got {scale_grad!r}")
-    x, s, z, qmin, qmax, ct, concrete = _prepare(x, scale, zero_point, qmin, qmax, rounding, key)
+    x, s, z, qmin, qmax, ct, known = _prepare(x, scale, zero_point, qmin, qmax, rounding, key)
     g = jnp.asarray(grad_scale, ct) if scale_grad == "lsq" else None
     key = key if rounding == "stochastic" else None
-    return _fake_quant_jit(x, s, z, key, g, qmin, qmax, rounding=rounding, check=not concrete)
+    return _fake_quant_jit(x, s, z, key, g, qmin, qmax, rounding=rounding, check=not known)
+
+
+def lsq_grad_scale(num_elements: int, qmax: float) -> float:
+    """LSQ gradient scale ``g = 1 / sqrt(N * qmax)`` (Esser et al. 2020, section 2.2).
+
+    ``N`` is the number of values that share one scale (the whole tensor per-tensor, one
+    channel per-channel, one group per-group) and ``qmax`` the largest positive code (for a
+    floating-point format, its largest finite value). Pass it as ``grad_scale`` of
+    :func:`int_fake_quant` / ``float_fake_quant`` with ``scale_grad="lsq"``.
+
+    Example:
+      >>> lsq_grad_scale(64, 1)
+      0.125
+    """
+    if not (is_int(num_elements) and num_elements >= 1) or not qmax > 0:
+        raise ValueError(
+            f"lsq_grad_scale needs num_elements >= 1 and qmax > 0, got {num_elements}, {qmax}"
+        )
+    return 1.0 / math.sqrt(int(num_elements) * float(qmax))
 
 
 # One compiled program per shape and rounding mode, also for eager calls (qmin / qmax are
@@ -457,9 +382,9 @@ def _fake_quant_jit(x, s, z, key, grad_scale, qmin, qmax, *, rounding, check):
     inside = (code >= qmin) & (code <= qmax)
     if grad_scale is not None:  # scale_grad="lsq"
         factor = jnp.where(inside, r - v, c - zf) * jax.lax.stop_gradient(grad_scale)
-        y = _ste_lsq(y, xc, s, inside, factor)
+        y = ste_lsq(y, xc, s, inside, factor)
     else:
-        y = _ste(y, xc, inside)
+        y = ste(y, xc, inside)
     return y.astype(x.dtype)
 
 
@@ -503,8 +428,9 @@ def dequantize(codes, scale, zero_point, *, dtype=None) -> jax.Array:
       dtype: result dtype; default the scale's dtype, at least float32.
 
     Returns:
-      Float array with the shape of ``codes``. The product is computed in
-      ``promote(dtype, float32)`` and cast to ``dtype``, like :func:`int_fake_quant`.
+      Float array with the shape of ``codes``. The product is computed in the wider of
+      ``dtype`` and the scale's dtype (at least float32) and cast to ``dtype``, like
+      :func:`int_fake_quant`.
 
     Example:
       >>> dequantize(jnp.array([1, 1, -2], jnp.int8), 0.5, 0)
@@ -516,12 +442,12 @@ def dequantize(codes, scale, zero_point, *, dtype=None) -> jax.Array:
     s = jnp.asarray(scale)
     if not jnp.issubdtype(s.dtype, jnp.floating):
         raise TypeError(f"scale must be a floating-point array, got dtype {s.dtype}")
-    _check_broadcast("scale", s, codes.shape)
+    check_broadcast("scale", s, codes.shape)
     z = jnp.asarray(zero_point)
-    _check_broadcast("zero_point", z, codes.shape)
-    out = jnp.promote_types(s.dtype, jnp.float32) if dtype is None else jnp.dtype(dtype)
+    check_broadcast("zero_point", z, codes.shape)
+    out = compute_dtype(s.dtype) if dtype is None else jnp.dtype(dtype)
     if not jnp.issubdtype(out, jnp.floating):
         raise TypeError(f"dtype must be a floating-point dtype, got {out}")
-    ct = jnp.promote_types(jnp.promote_types(out, s.dtype), jnp.float32)
+    ct = compute_dtype(out, s.dtype)
     y = (codes.astype(ct) - z.astype(ct)) * s.astype(ct)
     return y.astype(out)

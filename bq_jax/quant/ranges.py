@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate, optimize
 
+from bq_jax.quant.common import check_qrange, check_x, compute_dtype, is_int, scale_floor
 from bq_jax.quant.floating import float_fake_quant, float_format_max
 from bq_jax.quant.integer import int_fake_quant, int_range
 
@@ -95,16 +96,14 @@ class QParams:
 
 
 def _check_bits(bits) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+    if not is_int(bits) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an int in [2, 16], got {bits!r}")
 
 
 def _as_float(x, name: str = "x") -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    x = check_x(x, name)
     # Statistics in at least float32 (bfloat16 / float16 tensors are upcast).
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x.astype(compute_dtype(x.dtype))
 
 
 def _normalize_axes(reduce_axes, ndim: int) -> tuple[int, ...]:
@@ -144,12 +143,6 @@ def channel_reduce_axes(ndim: int, axis: int) -> tuple[int, ...]:
     return tuple(a for a in range(ndim) if a != axis % ndim)
 
 
-def _scale_floor(dtype) -> float:
-    # Smallest normal number of the dtype: a zero range gets this scale, which is finite and
-    # positive, so 0 / scale = 0 exactly and nothing is NaN or inf.
-    return float(jnp.finfo(dtype).tiny)
-
-
 # ----------------------------------------------------------------------------- qparams
 
 
@@ -187,12 +180,7 @@ def qparams_from_range(lo, hi, *, qmin: int, qmax: int, symmetric: bool) -> QPar
       >>> float(qp.scale), int(qp.zero_point)  # 4/255, round(0 + 1/(4/255)) = 64
       (0.01568627543747425, 64)
     """
-    for name, v in (("qmin", qmin), ("qmax", qmax)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer):
-            raise TypeError(f"{name} must be a Python int, got {v!r}")
-    qmin, qmax = int(qmin), int(qmax)
-    if qmin >= qmax:
-        raise ValueError(f"need qmin < qmax, got qmin={qmin}, qmax={qmax}")
+    qmin, qmax = check_qrange(qmin, qmax)
     if symmetric and not qmin < 0 < qmax:
         raise ValueError(
             f"symmetric quantization needs qmin < 0 < qmax (signed codes), got [{qmin}, {qmax}]"
@@ -201,14 +189,14 @@ def qparams_from_range(lo, hi, *, qmin: int, qmax: int, symmetric: bool) -> QPar
     hi = _as_float(hi, "hi")
     if lo.shape != hi.shape:
         raise ValueError(f"lo and hi must have the same shape, got {lo.shape} and {hi.shape}")
-    dtype = jnp.promote_types(lo.dtype, hi.dtype)
+    dtype = compute_dtype(lo.dtype, hi.dtype)
     scale, zero_point = _qparams_jit(lo.astype(dtype), hi.astype(dtype), qmin, qmax, symmetric)
     return QParams(scale=scale, zero_point=zero_point, qmin=qmin, qmax=qmax)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _qparams_jit(lo, hi, qmin: int, qmax: int, symmetric: bool):
-    floor = _scale_floor(lo.dtype)
+    floor = scale_floor(lo.dtype)
     if symmetric:
         absmax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
         scale = jnp.maximum(absmax / qmax, floor)
@@ -217,41 +205,6 @@ def _qparams_jit(lo, hi, qmin: int, qmax: int, symmetric: bool):
     hi0 = jnp.maximum(hi, 0.0)
     scale = jnp.maximum((hi0 - lo0) / (qmax - qmin), floor)
     return scale, jnp.clip(jnp.round(qmin - lo0 / scale), qmin, qmax).astype(jnp.int32)
-
-
-def _exact_constant_qparams(
-    xmin, xmax, qparams: QParams, *, n: float | None, symmetric: bool
-) -> QParams:
-    """Replaces the qparams of constant slices (``xmin == xmax != 0``) by a grid holding ``v``.
-
-    A constant slice ``v`` gets ``scale = |v| / 2^k`` with ``2^k`` the largest power of two
-    ``<= n``; ``n`` defaults to ``qmax`` (symmetric) or ``qmax - qmin`` (asymmetric: zero
-    point ``qmin`` for ``v > 0``, ``qmax`` for ``v < 0``); for a floating-point format pass its
-    largest finite value (``2^k`` is then exactly representable in the format). Division by
-    a power of two is exact in binary floating point, so ``(code - zero_point) * scale =
-    +-2^k * |v| / 2^k = v`` bit for bit (with the ``|v| / qmax`` scale, ``qmax * fl(|v| /
-    qmax)`` misses ``v`` by one ulp for a few percent of values). Zero error on the data, and
-    the grid still reaches about ``2 |v|``. Caveat: not exact when ``|v| / 2^k`` would be
-    below ``finfo.tiny`` (the scale floor).
-    """
-    qmin, qmax = qparams.qmin, qparams.qmax
-    if n is None:
-        n = qmax if symmetric else qmax - qmin
-    p2 = float(2.0 ** math.floor(math.log2(n)))
-    scale, zp = qparams.scale, qparams.zero_point
-    v = xmin.astype(scale.dtype)
-    constant = (xmin == xmax) & (v != 0)
-    scale_c = jnp.maximum(jnp.abs(v) / p2, _scale_floor(scale.dtype))
-    if symmetric:
-        zp_c = jnp.zeros_like(zp)
-    else:
-        zp_c = jnp.where(v > 0, qmin, qmax).astype(jnp.int32)
-    return QParams(
-        scale=jnp.where(constant, scale_c, scale),
-        zero_point=jnp.where(constant, zp_c, zp),
-        qmin=qmin,
-        qmax=qmax,
-    )
 
 
 # ----------------------------------------------------------------------------- methods
@@ -416,7 +369,7 @@ def _mse_jit(x, axes, qrange, symmetric: bool, n: int, fmt) -> ClipRange:
     else:
         fmax = float_format_max(fmt)
         base = minmax(x, reduce_axes=axes, symmetric=True)
-        floor = _scale_floor(x.dtype)
+        floor = scale_floor(x.dtype)
 
         def quant(ratio):
             scale = jnp.maximum(base.hi * ratio / fmax, floor)
@@ -521,7 +474,7 @@ def octav_fixed_point(
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _octav_jit(x, axes: tuple[int, ...], bits: int, tol: float, max_iter: int):
-    tiny = _scale_floor(x.dtype)
+    tiny = scale_floor(x.dtype)
     s0 = jnp.mean(jnp.abs(x), axis=axes, keepdims=True)
 
     def cond(carry):
@@ -777,7 +730,7 @@ def sqnr_db(x, xq, *, reduce_axes=None) -> jax.Array:
     xq = _as_float(xq, "xq")
     if x.shape != xq.shape:
         raise ValueError(f"x and xq must have the same shape, got {x.shape} and {xq.shape}")
-    dtype = jnp.promote_types(x.dtype, xq.dtype)
+    dtype = compute_dtype(x.dtype, xq.dtype)
     x, xq = x.astype(dtype), xq.astype(dtype)
     axes = _normalize_axes(reduce_axes, x.ndim)
     return _sqnr_jit(x, xq, axes, reduce_axes is not None)
