@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bq_jax import geometry as G
+from bq_jax.geometry import engine as E
 from bq_jax.geometry import sweep as S
 from bq_jax.models import make_model
 from bq_jax.train import DEFAULT_MODELS
@@ -165,7 +166,7 @@ def bench_model(name, args, peak, rows, skipped):
                 for mode in args.modes:
                     chunk = default_chunk(mode, v)
                     t0 = time.perf_counter()
-                    compiled = S._sweep_jit.lower(
+                    compiled = E.sweep_jit.lower(
                         stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=True
                     ).compile()
                     mem = compiled.memory_analysis()
@@ -194,7 +195,7 @@ def bench_model(name, args, peak, rows, skipped):
             for mode in args.modes:
                 for chunk in args.chunk_sizes or [default_chunk(mode, v)]:
                     t0 = time.perf_counter()
-                    compiled = S._sweep_jit.lower(
+                    compiled = E.sweep_jit.lower(
                         stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=True
                     ).compile()
                     mem = compiled.memory_analysis()

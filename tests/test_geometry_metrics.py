@@ -27,8 +27,8 @@ def _np_boundary_mask(labels):
 
 
 def _np_triple(labels):
-    r = labels.shape[-1]
-    out = np.zeros(labels.shape[:-2] + (r - 1, r - 1), bool)
+    r, c = labels.shape[-2:]
+    out = np.zeros(labels.shape[:-2] + (max(r - 1, 0), max(c - 1, 0)), bool)
     for idx in np.ndindex(*out.shape):
         *lead, i, j = idx
         block = labels[(*lead, slice(i, i + 2), slice(j, j + 2))]
@@ -53,18 +53,20 @@ def test_boundary_mask_hand_example():
 def test_boundary_jaccard_hand_values():
     a, s, h = (G.boundary_mask(x) for x in (VERT, VERT_SHIFT, HORIZ))
     # shifted by one column: disjoint masks of 6 points each
-    assert float(G.boundary_jaccard(a, s)) == 1.0
+    assert float(G.boundary_jaccard_distance(a, s)) == 1.0
     # rotated by 90 degrees: column 2 and row 2 share one point of 11
-    np.testing.assert_allclose(float(G.boundary_jaccard(a, h)), 1 - 1 / 11, rtol=1e-6)
+    np.testing.assert_allclose(float(G.boundary_jaccard_distance(a, h)), 1 - 1 / 11, rtol=1e-6)
     # tolerance 1: every shifted point has a partner within one cell -> 0
-    assert float(G.boundary_jaccard(a, s, tolerance=1)) == 0.0
+    assert float(G.boundary_jaccard_distance(a, s, tolerance=1)) == 0.0
     # tolerance 1, rotated: 3 of 6 points each side matched, I = 3, J = 1 - 3 / (12 - 3)
-    np.testing.assert_allclose(float(G.boundary_jaccard(a, h, tolerance=1)), 2 / 3, rtol=1e-6)
-    # symmetric, and identical maps give 0
-    assert float(G.boundary_jaccard(h, a, tolerance=1)) == float(
-        G.boundary_jaccard(a, h, tolerance=1)
+    np.testing.assert_allclose(
+        float(G.boundary_jaccard_distance(a, h, tolerance=1)), 2 / 3, rtol=1e-6
     )
-    assert float(G.boundary_jaccard(a, a)) == 0.0
+    # symmetric, and identical maps give 0
+    assert float(G.boundary_jaccard_distance(h, a, tolerance=1)) == float(
+        G.boundary_jaccard_distance(a, h, tolerance=1)
+    )
+    assert float(G.boundary_jaccard_distance(a, a)) == 0.0
 
 
 def test_boundary_jaccard_tolerance_is_symmetric_match_count():
@@ -82,10 +84,10 @@ def test_boundary_jaccard_tolerance_is_symmetric_match_count():
                 dil_a |= pad_a[di : di + 9, dj : dj + 9]
             inter = 0.5 * ((a & dil_b).sum() + (b & dil_a).sum())
             ref = 1 - inter / (a.sum() + b.sum() - inter)
-            got = float(G.boundary_jaccard(a, b, tolerance=d))
+            got = float(G.boundary_jaccard_distance(a, b, tolerance=d))
             np.testing.assert_allclose(got, ref, rtol=1e-6)
         # non-increasing in the tolerance
-        js = [float(G.boundary_jaccard(a, b, tolerance=d)) for d in range(4)]
+        js = [float(G.boundary_jaccard_distance(a, b, tolerance=d)) for d in range(4)]
         assert all(x >= y for x, y in zip(js, js[1:], strict=False))
 
 
@@ -93,10 +95,10 @@ def test_empty_mask_rules():
     empty = G.boundary_mask(np.zeros((5, 5), np.int32))
     assert not bool(empty.any())
     full = G.boundary_mask(VERT[:5, :5])
-    assert float(G.boundary_jaccard(empty, empty)) == 0.0
-    assert float(G.boundary_jaccard(empty, full)) == 1.0
-    assert float(G.boundary_jaccard(full, empty, tolerance=2)) == 1.0
-    assert float(G.boundary_jaccard(empty, empty, tolerance=2)) == 0.0
+    assert float(G.boundary_jaccard_distance(empty, empty)) == 0.0
+    assert float(G.boundary_jaccard_distance(empty, full)) == 1.0
+    assert float(G.boundary_jaccard_distance(full, empty, tolerance=2)) == 1.0
+    assert float(G.boundary_jaccard_distance(empty, empty, tolerance=2)) == 0.0
 
 
 def test_triple_junction_hand_example():
@@ -107,6 +109,43 @@ def test_triple_junction_hand_example():
     np.testing.assert_array_equal(tj, expected)
     assert int(G.triple_junction_count(labels)) == 1
     assert int(G.triple_junction_count(VERT)) == 0
+
+
+# 4x4 hand-written maps with their boundary masks and triple junctions
+_L1 = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 2, 2]])
+_B1 = np.array([[0, 1, 0, 0], [1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]], bool)
+_J1 = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], bool)
+_L2 = np.array([[0, 1, 2, 2], [3, 3, 2, 2], [3, 3, 3, 3], [3, 3, 3, 0]])
+_B2 = np.array([[1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 1, 0]], bool)
+_J2 = np.array([[1, 1, 0], [0, 0, 0], [0, 0, 0]], bool)
+
+
+@pytest.mark.parametrize(("labels", "mask", "junctions"), [(_L1, _B1, _J1), (_L2, _B2, _J2)])
+def test_boundary_mask_and_junctions_hand_written(labels, mask, junctions):
+    np.testing.assert_array_equal(G.boundary_mask(labels), mask)
+    np.testing.assert_array_equal(G.triple_junctions(labels), junctions)
+    assert int(G.triple_junction_count(labels)) == junctions.sum()
+
+
+def test_grid_masks_of_non_square_batched_and_degenerate_maps():
+    stack = np.random.default_rng(0).integers(0, 4, size=(5, 7, 6))
+    masks, tjs = G.boundary_mask(stack), G.triple_junctions(stack)
+    assert masks.shape == (5, 7, 6) and tjs.shape == (5, 6, 5)
+    np.testing.assert_array_equal(masks, _np_boundary_mask(stack))
+    np.testing.assert_array_equal(tjs, _np_triple(stack))
+    counts = G.triple_junction_count(stack)
+    assert counts.dtype == jnp.int32 and counts.shape == (5,)
+    np.testing.assert_array_equal(counts, _np_triple(stack).sum(axis=(1, 2)))
+    assert G.triple_junctions(np.zeros((1, 4), int)).shape == (0, 3)
+    assert int(G.triple_junction_count(np.zeros((1, 4), int))) == 0
+    assert not G.boundary_mask(np.full((3, 3), 2)).any()
+
+
+def test_boundary_jaccard_is_the_distance_under_both_names():
+    assert G.boundary_jaccard is G.boundary_jaccard_distance
+    a, b = G.boundary_mask(_L1), G.boundary_mask(_L2)
+    inter, union = np.sum(_B1 & _B2), np.sum(_B1 | _B2)
+    np.testing.assert_allclose(float(G.boundary_jaccard(a, b)), 1 - inter / union, rtol=1e-6)
 
 
 def test_linear_three_class_junction_contains_the_analytic_triple_point():
@@ -146,11 +185,11 @@ def test_grid_metrics_match_numpy_and_batch():
     gc = np.asarray(G.grid_change(ref_float, labels))
     np.testing.assert_allclose(gc, (labels != ref_float[None]).mean(axis=(1, 2)), rtol=1e-6)
     mf, mq = G.boundary_mask(ref_float), G.boundary_mask(labels)
-    batched = np.asarray(G.boundary_jaccard(mf, mq, tolerance=1))
-    loop = [float(G.boundary_jaccard(mf, mq[v], tolerance=1)) for v in range(3)]
+    batched = np.asarray(G.boundary_jaccard_distance(mf, mq, tolerance=1))
+    loop = [float(G.boundary_jaccard_distance(mf, mq[v], tolerance=1)) for v in range(3)]
     np.testing.assert_array_equal(batched, loop)
     # vmap over the variant axis gives the same numbers
-    vm = jax.vmap(lambda m: G.boundary_jaccard(mf, m, tolerance=1))(mq)
+    vm = jax.vmap(lambda m: G.boundary_jaccard_distance(mf, m, tolerance=1))(mq)
     np.testing.assert_array_equal(vm, batched)
 
 
@@ -161,8 +200,8 @@ def test_metrics_jit_equals_eager():
     def all_metrics(a, b):
         ma, mb = G.boundary_mask(a), G.boundary_mask(b)
         return (
-            G.boundary_jaccard(ma, mb),
-            G.boundary_jaccard(ma, mb, tolerance=2),
+            G.boundary_jaccard_distance(ma, mb),
+            G.boundary_jaccard_distance(ma, mb, tolerance=2),
             G.grid_change(a, b),
             G.triple_junction_count(a),
         )
@@ -228,9 +267,9 @@ def test_masked_median_matches_numpy():
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="tolerance must be an int >= 0"):
-        G.boundary_jaccard(np.zeros((3, 3), bool), np.zeros((3, 3), bool), tolerance=-1)
+        G.boundary_jaccard_distance(np.zeros((3, 3), bool), np.zeros((3, 3), bool), tolerance=-1)
     with pytest.raises(ValueError, match="must agree on their last 2 axes"):
-        G.boundary_jaccard(np.zeros((3, 3), bool), np.zeros((4, 4), bool))
+        G.boundary_jaccard_distance(np.zeros((3, 3), bool), np.zeros((4, 4), bool))
     with pytest.raises(ValueError, match=r"grid \[..., R, R\]"):
         G.boundary_mask(np.zeros(5, np.int32))
     with pytest.raises(ValueError, match="K >= 2"):

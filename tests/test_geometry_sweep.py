@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bq_jax import geometry as G
+from bq_jax.geometry import engine as E
 from bq_jax.geometry import sweep as S
 
 
@@ -105,9 +106,9 @@ def test_jit_equals_eager(setup):
         resolution=4,
         input_shape=slc.input_shape,
     )
-    jitted = S._sweep_jit(params, small, apply_fn=mlp, chunk_size=5, mode="map", labels=False)
+    jitted = E.sweep_jit(params, small, apply_fn=mlp, chunk_size=5, mode="map", labels=False)
     with jax.disable_jit():
-        eager = S._sweep_impl(params, small, apply_fn=mlp, chunk_size=5, mode="map", labels=False)
+        eager = E.sweep_impl(params, small, apply_fn=mlp, chunk_size=5, mode="map", labels=False)
     np.testing.assert_allclose(jitted[0], eager[0], atol=1e-6, rtol=1e-5)
     np.testing.assert_array_equal(jitted[1], eager[1])
 
@@ -149,16 +150,16 @@ def test_no_recompile_for_new_values_in_every_entry_point(setup, mode):
     # apply_fn is traced once per input shape: the logits sweep reuses the labels sweep's
     # [144, 5] trace, evaluate_logits adds one for its [100, 5] chunk
     for entry, expected_traces in zip(entries, (1, 1, 2), strict=True):
-        before = (S._sweep_jit._cache_size(), S._eval_jit._cache_size())
+        before = (E.sweep_jit._cache_size(), E.eval_jit._cache_size())
         entry(params, slc, x)
         assert len(traces) == expected_traces
-        compiled = (S._sweep_jit._cache_size(), S._eval_jit._cache_size())
+        compiled = (E.sweep_jit._cache_size(), E.eval_jit._cache_size())
         assert sum(compiled) == sum(before) + 1
         for scale in (2.0, -0.5):
             new = jax.tree.map(lambda l, a=scale: a * l + 0.25, params)
             entry(new, G.pca_slice(scale * x + 1.0, resolution=12), scale * x)
         assert len(traces) == expected_traces
-        assert (S._sweep_jit._cache_size(), S._eval_jit._cache_size()) == compiled
+        assert (E.sweep_jit._cache_size(), E.eval_jit._cache_size()) == compiled
 
 
 def test_memory_beyond_output_is_flat_in_resolution():
@@ -168,7 +169,7 @@ def test_memory_beyond_output_is_flat_in_resolution():
     for r in (32, 512):
         slc = G.pca_slice(x, resolution=r)
         for mode in ("map", "vmap"):
-            compiled = S._sweep_jit.lower(
+            compiled = E.sweep_jit.lower(
                 params, slc, apply_fn=mlp, chunk_size=256, mode=mode, labels=True
             ).compile()
             mem = compiled.memory_analysis()

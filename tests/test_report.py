@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bq_jax import report, stats
+from bq_jax import geometry, report, stats
 from bq_jax.report import figures as figmod
 from bq_jax.report import io as iomod
 
@@ -45,7 +45,7 @@ def test_json_round_trip_numpy_and_jax_types(tmp_path):
         "jax_f32": jnp.asarray([0.1, 0.7], dtype=jnp.float32),
         "jax_bf16": jnp.asarray([0.1, 2.0], dtype=jnp.bfloat16),
         "jax_scalar": jnp.float32(0.3),
-        "int_keys": {8: {"boundary_jaccard": 0.428}, 4: {"accuracy": 0.9733}},
+        "int_keys": {8: {"boundary_jaccard_distance": 0.428}, 4: {"accuracy": 0.9733}},
         "config": _Cfg(bits=4, method="nearest"),
         "path": pathlib.Path("/a/b.png"),
         "unicode": "boundary — Jaccard",
@@ -70,7 +70,7 @@ def test_json_round_trip_numpy_and_jax_types(tmp_path):
         "jax_f32": [0.1, 0.7],
         "jax_bf16": [0.1, 2.0],
         "jax_scalar": 0.3,
-        "int_keys": {"8": {"boundary_jaccard": 0.428}, "4": {"accuracy": 0.9733}},
+        "int_keys": {"8": {"boundary_jaccard_distance": 0.428}, "4": {"accuracy": 0.9733}},
         "config": {"bits": 4, "method": "nearest"},
         "path": "/a/b.png",
         "unicode": "boundary — Jaccard",
@@ -224,26 +224,31 @@ def test_atomic_write_creates_parents_and_keeps_permissions(tmp_path):
 
 
 def test_markdown_table_golden():
+    jd = "boundary_jaccard_distance"
     rows = [
-        {"bits": 8, "method": "nearest", "boundary_jaccard": 0.428, "flip_rate": 0.0},
-        {"bits": 4, "method": "a|b", "boundary_jaccard": np.float32(0.97), "flip_rate": None},
+        {"bits": 8, "method": "nearest", jd: 0.428, "flip_rate": 0.0},
+        {"bits": 4, "method": "a|b", jd: np.float32(0.97), "flip_rate": None},
         {"bits": 2, "method": "floor", "ok": True},
     ]
     table = report.markdown_table(
         rows,
-        ["bits", "method", "boundary_jaccard", "flip_rate", "ok"],
-        formats={"boundary_jaccard": ".3f", "flip_rate": ".2%"},
+        ["bits", "method", jd, "flip_rate", "ok"],
+        formats={jd: ".3f", "flip_rate": ".2%"},
         headers={"method": "rounding"},
     )
     assert table == (
-        "| bits | rounding | boundary_jaccard | flip_rate | ok  |\n"
-        "| ---: | -------- | ---------------: | --------: | --- |\n"
-        "|    8 | nearest  |            0.428 |     0.00% | —   |\n"
-        "|    4 | a\\|b     |            0.970 |         — | —   |\n"
-        "|    2 | floor    |                — |         — | yes |\n"
+        "| bits | rounding | boundary_jaccard_distance | flip_rate | ok  |\n"
+        "| ---: | -------- | ------------------------: | --------: | --- |\n"
+        "|    8 | nearest  |                     0.428 |     0.00% | —   |\n"
+        "|    4 | a\\|b     |                     0.970 |         — | —   |\n"
+        "|    2 | floor    |                         — |         — | yes |\n"
     )
-    # Default float format: 4 significant digits.
+    # Default float format: 4 significant digits, or the vocabulary's format of a metric column
+    # (also for its _std; a count's mean over seeds keeps 4 significant digits); ints as ints.
     assert report.markdown_table([{"x": 0.123456}], ["x"]).splitlines()[2] == "| 0.1235 |"
+    row = {jd: 0.123456, jd + "_std": 0.01, "band_size": 45.5, "heldout_size": 450, "x": 3}
+    cells = report.markdown_table([row], list(row)).splitlines()[2].split("|")[1:-1]
+    assert [c.strip() for c in cells] == ["0.123", "0.010", "45.5", "450", "3"]
 
 
 def test_markdown_table_bad_inputs():
@@ -258,30 +263,30 @@ def test_markdown_table_bad_inputs():
 
 
 def test_paper_comparison_table_golden_and_json_keys():
+    jd = "boundary_jaccard_distance"
     ours = [
-        {"bits": 8, "boundary_jaccard": 0.41, "boundary_jaccard_std": 0.02, "flip_rate": 0.0},
-        {"bits": 6, "boundary_jaccard": 0.6, "flip_rate": 0.0012},
-        {"bits": 4, "boundary_jaccard": 0.95, "flip_rate": None},
+        {"bits": 8, jd: 0.41, jd + "_std": 0.02, "flip_rate": 0.0},
+        {"bits": 6, jd: 0.6, "flip_rate": 0.0012},
+        {"bits": 4, jd: 0.95, "flip_rate": None},
     ]
-    paper = {8: {"flip_rate": 0.0, "boundary_jaccard": 0.428}, 4: {"boundary_jaccard": 0.970}}
+    paper = {8: {"flip_rate": 0.0, jd: 0.428}, 4: {jd: 0.970}}
     expected = (
-        "| bits | boundary_jaccard (ours) | boundary_jaccard (paper) "
+        "| bits | boundary_jaccard_distance (ours) | boundary_jaccard_distance (paper) "
         "| flip_rate (ours) | flip_rate (paper) |\n"
-        "| ---: | ----------------------: | -----------------------: "
+        "| ---: | -------------------------------: | --------------------------------: "
         "| ---------------: | ----------------: |\n"
-        "|    8 |           0.410 ± 0.020 |                    0.428 "
+        "|    8 |                    0.410 ± 0.020 |                             0.428 "
         "|           0.0000 |            0.0000 |\n"
-        "|    6 |                   0.600 |                        — "
+        "|    6 |                            0.600 |                                 — "
         "|           0.0012 |                 — |\n"
-        "|    4 |                   0.950 |                    0.970 "
+        "|    4 |                            0.950 |                             0.970 "
         "|                — |                 — |\n"
     )
-    kwargs = dict(
-        key="bits",
-        metrics=["boundary_jaccard", "flip_rate"],
-        formats={"boundary_jaccard": ".3f", "flip_rate": ".4f"},
-    )
+    kwargs = dict(key="bits", metrics=[jd, "flip_rate"], formats={jd: ".3f", "flip_rate": ".4f"})
     assert report.paper_comparison_table(ours, paper=paper, **kwargs) == expected
+    # without formats each metric takes its vocabulary format (.3f and .4f here)
+    defaults = dict(kwargs, formats=None)
+    assert report.paper_comparison_table(ours, paper=paper, **defaults) == expected
     # The same paper table after a JSON round trip (int keys became strings).
     paper_json = json.loads(report.json_dumps(paper))
     assert report.paper_comparison_table(ours, paper=paper_json, **kwargs) == expected
@@ -305,7 +310,7 @@ def test_report_renders_and_links_figures_relative(tmp_path):
     assert (out / "report.md").read_text(encoding="utf-8") == text
     assert text == (
         "# Bits sweep — digits\n\nSettings below.\n\n## Results\n\nMean over seeds.\n\n"
-        "| bits | flip_rate |\n| ---: | --------: |\n|    8 |         0 |\n\n"
+        "| bits | flip_rate |\n| ---: | --------: |\n|    8 |    0.0000 |\n\n"
         "![flip_rate vs bits](figures/bits.png)\n\n*flip_rate vs bits*\n\n"
         "### Command\n\n```sh\nbq-jax reproduce digits\n```\n\n- seed 0\n- R=64\n"
     )
@@ -315,116 +320,6 @@ def test_report_renders_and_links_figures_relative(tmp_path):
     assert (out / "report.md").read_text(encoding="utf-8") == text  # untouched
     with pytest.raises(ValueError, match="level must be an int in 2..6"):
         r.section("x", level=1)
-
-
-# ---------------------------------------------------------------------------- grid helpers
-
-# Hand-written 4x4 label maps with their boundary masks and triple junctions.
-_L1 = np.array(
-    [
-        [0, 0, 1, 1],
-        [0, 0, 1, 1],
-        [2, 2, 1, 1],
-        [2, 2, 2, 2],
-    ]
-)
-_B1 = np.array(
-    [
-        [0, 1, 0, 0],
-        [1, 1, 0, 0],
-        [0, 1, 1, 1],
-        [0, 0, 0, 0],
-    ],
-    dtype=bool,
-)
-_J1 = np.array(
-    [
-        [0, 0, 0],
-        [0, 1, 0],
-        [0, 0, 0],
-    ],
-    dtype=bool,
-)
-_L2 = np.array(
-    [
-        [0, 1, 2, 2],
-        [3, 3, 2, 2],
-        [3, 3, 3, 3],
-        [3, 3, 3, 0],
-    ]
-)
-_B2 = np.array(
-    [
-        [1, 1, 0, 0],
-        [0, 1, 1, 1],
-        [0, 0, 0, 1],
-        [0, 0, 1, 0],
-    ],
-    dtype=bool,
-)
-_J2 = np.array(
-    [
-        [1, 1, 0],
-        [0, 0, 0],
-        [0, 0, 0],
-    ],
-    dtype=bool,
-)
-
-
-def _loop_boundary_mask(labels):
-    r, c = labels.shape
-    out = np.zeros((r, c), dtype=bool)
-    for i in range(r):
-        for j in range(c):
-            right = j + 1 < c and labels[i, j] != labels[i, j + 1]
-            down = i + 1 < r and labels[i, j] != labels[i + 1, j]
-            out[i, j] = right or down
-    return out
-
-
-def _loop_triple_junctions(labels):
-    r, c = labels.shape
-    out = np.zeros((max(r - 1, 0), max(c - 1, 0)), dtype=bool)
-    for i in range(r - 1):
-        for j in range(c - 1):
-            out[i, j] = len(set(labels[i : i + 2, j : j + 2].ravel().tolist())) >= 3
-    return out
-
-
-@pytest.mark.parametrize(("labels", "mask", "junctions"), [(_L1, _B1, _J1), (_L2, _B2, _J2)])
-def test_boundary_mask_and_junctions_hand_written(labels, mask, junctions):
-    np.testing.assert_array_equal(figmod._boundary_mask(labels), mask)
-    np.testing.assert_array_equal(figmod._triple_junctions(labels), junctions)
-
-
-def test_grid_helpers_match_loop_reference_and_batch():
-    rng = np.random.default_rng(0)
-    stack = rng.integers(0, 4, size=(5, 7, 6))
-    masks = figmod._boundary_mask(stack)
-    tjs = figmod._triple_junctions(stack)
-    assert masks.shape == (5, 7, 6) and tjs.shape == (5, 6, 5)
-    for k in range(5):
-        np.testing.assert_array_equal(masks[k], _loop_boundary_mask(stack[k]))
-        np.testing.assert_array_equal(tjs[k], _loop_triple_junctions(stack[k]))
-    assert figmod._triple_junctions(np.zeros((1, 4), int)).shape == (0, 3)
-    assert not figmod._boundary_mask(np.full((3, 3), 2)).any()
-
-
-def test_grid_helpers_agree_with_geometry():
-    geometry = pytest.importorskip("bq_jax.geometry")
-    if not (hasattr(geometry, "boundary_mask") and hasattr(geometry, "triple_junctions")):
-        pytest.skip("bq_jax.geometry does not define boundary_mask/triple_junctions yet")
-    rng = np.random.default_rng(1)
-    maps = [_L1, _L2, rng.integers(0, 3, size=(9, 9))]
-    for labels in maps:
-        lab = jnp.asarray(labels, dtype=jnp.int32)
-        np.testing.assert_array_equal(
-            np.asarray(geometry.boundary_mask(lab)), figmod._boundary_mask(labels)
-        )
-        np.testing.assert_array_equal(
-            np.asarray(geometry.triple_junctions(lab)), figmod._triple_junctions(labels)
-        )
 
 
 # ---------------------------------------------------------------------------- figures
@@ -439,7 +334,8 @@ def _png_bytes(fig, path):
 
 
 def _maps():
-    float_map = np.repeat(np.repeat(_L1, 4, axis=0), 4, axis=1)  # 16 x 16
+    labels = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 2, 2]])  # 1 junction
+    float_map = np.repeat(np.repeat(labels, 4, axis=0), 4, axis=1)  # 16 x 16
     variant = float_map.copy()
     variant[6:10, 4:12] = 2
     return float_map, np.stack([float_map, variant])
@@ -454,15 +350,22 @@ def test_plot_boundary_maps_png_deterministic_with_markers(tmp_path):
     b = _png_bytes(report.plot_boundary_maps(lf, list(lv), **kwargs), tmp_path / "b.png")
     assert a == b
     # Junction markers sit at the 2x2 block centres, in slice coordinates (step 3/15 = 0.2).
-    tj = figmod._triple_junctions(lf)
+    tj = np.asarray(geometry.triple_junctions(lf))
     rows, cols = np.nonzero(tj)
     offsets = fig.axes[0].collections[0].get_offsets()
     np.testing.assert_allclose(offsets[:, 0], -1.0 + (cols + 0.5) * 0.2, atol=1e-12)
     np.testing.assert_allclose(offsets[:, 1], 0.0 + (rows + 0.5) * 0.2, atol=1e-12)
     assert len(offsets) == tj.sum() == 1
-    # Panel titles state boundary_jaccard and triple_junctions; the identical variant has 0.
-    assert fig.axes[1].get_title() == "8-bit\nboundary_jaccard=0.000\ntriple_junctions=1"
-    assert fig.axes[2].get_title().startswith("4-bit\nboundary_jaccard=")
+    # Panel titles state the metrics under their vocabulary keys; the identical variant has 0.
+    assert fig.axes[0].get_title() == "float\ntriple_junction_count=1"
+    assert fig.axes[1].get_title() == (
+        "8-bit\nboundary_jaccard_distance=0.000\ntriple_junction_count=1"
+    )
+    jd = geometry.boundary_jaccard_distance(
+        geometry.boundary_mask(lf), geometry.boundary_mask(lv[1])
+    )
+    assert fig.axes[2].get_title().startswith(f"4-bit\nboundary_jaccard_distance={float(jd):.3f}")
+    assert 0.0 < float(jd) < 1.0
 
 
 def test_boundary_overlay_colours():
@@ -506,7 +409,7 @@ def _sweep_rows():
                         "bits": bits,
                         "seed": seed,
                         "range_method": method,
-                        "boundary_jaccard": 1.0 / bits + offset + 0.01 * seed,
+                        "boundary_jaccard_distance": 1.0 / bits + offset + 0.01 * seed,
                         "flip_rate": 0.1 / bits**2 + 0.001 * seed,
                     }
                 )
@@ -515,12 +418,13 @@ def _sweep_rows():
 
 def test_plot_metric_vs_bits_means_errorbars_paper(tmp_path):
     rows = _sweep_rows()
-    paper = {8: {"boundary_jaccard": 0.428, "flip_rate": 0.0}, 4: {"boundary_jaccard": 0.97}}
-    kwargs = dict(metric=["boundary_jaccard", "flip_rate"], by="range_method", paper=paper)
+    jd = "boundary_jaccard_distance"
+    paper = {8: {jd: 0.428, "flip_rate": 0.0}, 4: {jd: 0.97}}
+    kwargs = dict(metric=[jd, "flip_rate"], by="range_method", paper=paper)
     fig = report.plot_metric_vs_bits(rows, **kwargs)
     assert len(fig.axes) == 2
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "boundary_jaccard" and ax.get_xlabel() == "bits"
+    assert ax.get_ylabel() == jd and ax.get_xlabel() == "bits"
     # First line = minmax group: mean over the 3 seeds, error bar = sample std (ddof=1).
     line = ax.containers[0].lines[0]
     np.testing.assert_allclose(line.get_xdata(), [2, 4, 8])
@@ -573,8 +477,8 @@ def test_plot_scatter_pearson_title_and_png(tmp_path):
     x = rng.uniform(0, 1, 12)
     y = x + 0.05 * rng.standard_normal(12)
     kwargs = dict(
-        xlabel="calibration boundary_jaccard",
-        ylabel="heldout boundary_jaccard",
+        xlabel="calibration_boundary_jaccard_distance",
+        ylabel="heldout_boundary_jaccard_distance",
         annotate=[f"{b}-bit" for b in range(12)],
         groups=["ptq"] * 6 + ["adaround"] * 6,
     )
@@ -637,20 +541,19 @@ def test_figures_render_identically_from_threads(tmp_path):
     assert [results[k] == serial for k in range(2)] == [True] * 2
 
 
-def test_import_isolated_from_pyplot_jax_and_other_subpackages(tmp_path):
+def test_import_pulls_no_pyplot_and_only_lower_layers(tmp_path):
+    # report sits above geometry: it may load geometry (and what geometry stands on), never
+    # pyplot and no other sub-package (ptq, qat, studies, ...)
     code = (
         "import sys, numpy as np\n"
         "import bq_jax.report as r\n"
         "f = r.plot_boundary_maps(np.eye(4, dtype=int), [np.eye(4, dtype=int)])\n"
         f"r.save_figure(f, {str(tmp_path / 'x.png')!r})\n"
-        "mods = sorted(m for m in sys.modules if m.startswith('bq_jax'))\n"
-        "print(mods, 'matplotlib.pyplot' in sys.modules, 'jax' in sys.modules)\n"
+        "subs = sorted({m.split('.')[1] for m in sys.modules if m.startswith('bq_jax.')})\n"
+        "print(subs, 'matplotlib.pyplot' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout.strip()
-    assert out == (
-        "['bq_jax', 'bq_jax.report', 'bq_jax.report.figures', 'bq_jax.report.io', "
-        "'bq_jax.report.markdown'] False False"
-    )
+    assert out == "['_src', 'geometry', 'report', 'stats', 'vocabulary'] False"

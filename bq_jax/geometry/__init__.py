@@ -1,21 +1,26 @@
 """Decision geometry of classifiers: slices, vmapped grid sweeps, boundary metrics, surrogates.
 
 Only ``apply_fn(params, x) -> logits`` is known about a model, so everything here works for any
-JAX classifier (flax, haiku, plain functions, models quantized by other libraries). Imports
-nothing else of bq_jax.
+JAX classifier (flax, haiku, plain functions, models quantized by other libraries). Of bq_jax
+it imports only the layers below every sub-package (``bq_jax._src``, ``bq_jax.vocabulary``).
 
 * :mod:`~bq_jax.geometry.slices`: :class:`Slice` (plane ``x(u) = mu + P u`` and an R x R grid),
   :func:`pca_slice`, :func:`random_slice`, :func:`points_slice`, :func:`stack_slices`.
 * :mod:`~bq_jax.geometry.sweep`: :func:`sweep_logits`, :func:`sweep_labels` (V variants x
   R x R points in one jitted, chunked call), :func:`evaluate_logits`.
-* :mod:`~bq_jax.geometry.metrics`: :func:`boundary_mask`, :func:`boundary_jaccard`,
-  :func:`grid_change`, :func:`triple_junctions`, :func:`flip_rate`, :func:`margin`,
+* :mod:`~bq_jax.geometry.metrics`: :func:`boundary_mask`, :func:`boundary_jaccard_distance`
+  (alias :func:`boundary_jaccard`), :func:`grid_change`, :func:`triple_junctions`,
+  :func:`triple_junction_count`, :func:`flip_rate`, :func:`margin`,
   :func:`boundary_band`, :func:`band_flip_rate`, :func:`pair_order_flip`.
 * :mod:`~bq_jax.geometry.local`: :func:`margin_radius`, :func:`boundary_displacement`,
   :func:`normal_variation`, :func:`median_local_shift`.
 * :mod:`~bq_jax.geometry.compare`: :func:`compare` (all metrics per variant, one call).
 * :mod:`~bq_jax.geometry.surrogates`: :func:`soft_boundary_mask`, :func:`soft_jaccard`,
   :func:`boundary_gap_penalty`.
+
+Internal modules (not re-exported): :mod:`~bq_jax.geometry.engine` (the chunked, jitted
+evaluation shared by sweeps, :func:`compare` and the local geometry) and
+:mod:`~bq_jax.geometry.checks` (array-argument checks).
 """
 
 from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_records
@@ -32,6 +37,7 @@ from bq_jax.geometry.metrics import (
     band_threshold,
     boundary_band,
     boundary_jaccard,
+    boundary_jaccard_distance,
     boundary_mask,
     flip_rate,
     grid_change,
@@ -65,6 +71,7 @@ __all__ = [
     "boundary_displacement",
     "boundary_gap_penalty",
     "boundary_jaccard",
+    "boundary_jaccard_distance",
     "boundary_mask",
     "compare",
     "compare_records",

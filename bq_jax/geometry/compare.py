@@ -10,35 +10,35 @@ import jax.numpy as jnp
 import numpy as np
 
 from bq_jax.geometry import metrics as M
-from bq_jax.geometry.local import GRAD_TOL, _variant_local_jit, margin_radius
-from bq_jax.geometry.slices import Slice
-from bq_jax.geometry.sweep import (
-    _check_chunk,
-    _run_eval,
-    _run_sweep,
-    evaluate_logits,
+from bq_jax.geometry.engine import (
+    check_chunk,
     num_variants,
-    sweep_labels,
+    run_eval,
+    run_sweep,
+    variant_local_jit,
 )
+from bq_jax.geometry.local import GRAD_TOL, margin_radius
+from bq_jax.geometry.slices import Slice
+from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
 __all__ = ["COMPARE_KEYS", "compare", "compare_records"]
 
 #: Keys of :func:`compare`'s result (each a numpy array with one entry per variant).
 COMPARE_KEYS = (
     "flip_rate",
-    "boundary_jaccard",
+    "boundary_jaccard_distance",
     "grid_change",
-    "triple_junctions",
-    "triple_junctions_float",
+    "triple_junction_count",
+    "float_triple_junction_count",
     "band_flip_rate",
     "pair_order_flip",
     "median_local_shift",
     "normal_variation",
     "normal_variation_mean",
     "margin_radius_median",
-    "margin_radius_float_median",
-    "zero_gradient",
-    "zero_gradient_float",
+    "float_margin_radius_median",
+    "zero_gradient_count",
+    "float_zero_gradient_count",
     "band_size",
     "band_tau",
     "heldout_size",
@@ -94,7 +94,7 @@ def compare(
     heldout_x,
     calibration_x,
     *,
-    band_quantile: float = 0.1,
+    band_quantile: float = DEFAULT_BAND_QUANTILE,
     tolerance: int = 0,
     chunk_size: int | None = None,
     variant_batching: str = "auto",
@@ -109,22 +109,26 @@ def compare(
     (:func:`~bq_jax.geometry.boundary_band`). Local radii and normals are full-space
     (gradients in the whole input space) at the band points; points where either model's
     margin gradient is zero are left out of ``median_local_shift`` and ``normal_variation``
-    and counted in ``zero_gradient`` / ``zero_gradient_float``.
+    and counted in ``zero_gradient_count`` / ``float_zero_gradient_count``.
 
     Result keys (numpy arrays of shape [V], i.e. one entry per variant; per-model constants
-    such as ``triple_junctions_float`` are repeated):
+    such as ``float_triple_junction_count`` are repeated; the meaning of every key is in
+    ``bq_jax.vocabulary.METRICS``):
 
     * ``flip_rate``: held-out flip rate vs the float model.
-    * ``boundary_jaccard``: boundary Jaccard distance on the slice (at ``tolerance``).
+    * ``boundary_jaccard_distance``: boundary Jaccard distance ``1 - J`` on the slice (at
+      ``tolerance``).
     * ``grid_change``: fraction of grid points whose label changed.
-    * ``triple_junctions`` / ``triple_junctions_float``: triple-junction cell counts (int).
+    * ``triple_junction_count`` / ``float_triple_junction_count``: triple-junction cell counts
+      of the variant's / the float model's map (int).
     * ``band_flip_rate``: flip rate on the band.
     * ``pair_order_flip``: band fraction where ``sign(z_a - z_b)`` changed.
     * ``median_local_shift``: ``median |r_Q - r_F|`` over the band.
     * ``normal_variation``: MEDIAN of ``1 - <n_F, n_Q>`` over the band;
       ``normal_variation_mean`` its mean.
-    * ``margin_radius_median`` / ``margin_radius_float_median``: median radius over the band.
-    * ``zero_gradient`` / ``zero_gradient_float``: band points with a zero margin gradient (int).
+    * ``margin_radius_median`` / ``float_margin_radius_median``: median radius over the band.
+    * ``zero_gradient_count`` / ``float_zero_gradient_count``: band points with a zero margin
+      gradient (int).
     * ``band_size`` (int), ``band_tau``, ``heldout_size`` (int), ``resolution`` (int),
       ``tolerance`` (int): the settings behind the numbers.
     * with ``return_maps``: ``labels`` int32[V, R, R] and ``labels_float`` int32[R, R].
@@ -137,7 +141,8 @@ def compare(
         slc: a single :class:`~bq_jax.geometry.Slice` (e.g. :func:`pca_slice`).
         heldout_x: held-out inputs ``[N, *input_shape]``.
         calibration_x: calibration inputs (band threshold only).
-        band_quantile: q of the band threshold, in (0, 1].
+        band_quantile: q of the band threshold, in (0, 1]
+            (default ``bq_jax.vocabulary.DEFAULT_BAND_QUANTILE``).
         tolerance: boundary Jaccard tolerance in cells.
         chunk_size, variant_batching: as in :func:`~bq_jax.geometry.sweep_labels`.
         grad_tol: gradient norms at or below this are zero.
@@ -151,15 +156,26 @@ def compare(
             stacked slice, or an empty boundary band.
 
     Example:
-        >>> res = compare(apply_fn, params, stack, pca_slice(x_train, resolution=256),
-        ...               x_test, x_cal)  # doctest: +SKIP
-        >>> res["boundary_jaccard"]  # doctest: +SKIP
-        array([0.43, 0.97], dtype=float32)
+        >>> import numpy as np
+        >>> from bq_jax.geometry import pca_slice
+        >>> def apply_fn(params, x):  # a linear 3-class classifier
+        ...     return x @ params["w"]
+        >>> rng = np.random.default_rng(0)
+        >>> w = rng.normal(size=(2, 3)).astype(np.float32)
+        >>> variants = {"w": np.stack([w, np.round(w * 2) / 2])}  # itself; w on a 0.5 grid
+        >>> x = rng.normal(size=(300, 2)).astype(np.float32)
+        >>> res = compare(apply_fn, {"w": w}, variants, pca_slice(x, resolution=32),
+        ...               x[:200], x[200:])
+        >>> [round(float(d), 3) for d in res["boundary_jaccard_distance"]]
+        [0.0, 0.946]
+        >>> [round(float(f), 2) for f in res["flip_rate"]]
+        [0.0, 0.18]
+        >>> res["triple_junction_count"].tolist(), res["band_size"].tolist()
+        ([1, 1], [19, 19])
     """
     if not isinstance(slc, Slice) or slc.stacked:
         raise TypeError("compare needs a single Slice (not a stack or list of slices)")
     v = _check_pair(params_float, params_variants)
-    kw = dict(chunk_size=chunk_size, variant_batching=variant_batching)
     heldout_x = jnp.asarray(heldout_x, jnp.float32)
     calibration_x = jnp.asarray(calibration_x, jnp.float32)
     for name, arr in (("heldout_x", heldout_x), ("calibration_x", calibration_x)):
@@ -175,18 +191,20 @@ def compare(
         # one stack [float, variants...]: one compiled sweep and one evaluation for all models
         both = jax.tree.map(lambda f, q: jnp.concatenate([f, q]), stack_f, params_variants)
         names = _both_names
-        labels = _run_sweep(apply_fn, both, slc, chunk_size, variant_batching, True, True, names)
+        labels = run_sweep(apply_fn, both, slc, chunk_size, variant_batching, True, True, names)
         labels_f, labels_q = labels[0], labels[1:]
-        z = _run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names)
+        z = run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names)
         zf, zq, zc = z[0, :n_h], z[1:, :n_h], z[0, n_h:]
     else:
-        labels_f = _run_sweep(
+        labels_f = run_sweep(
             apply_fn, stack_f, slc, chunk_size, variant_batching, True, True, _float_name
         )[0]
-        labels_q = sweep_labels(apply_fn, params_variants, slc, **kw)
-        z = _run_eval(apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name)[0]
+        labels_q = run_sweep(
+            apply_fn, params_variants, slc, chunk_size, variant_batching, True, True
+        )
+        z = run_eval(apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name)[0]
         zf, zc = z[:n_h], z[n_h:]
-        zq = evaluate_logits(apply_fn, params_variants, heldout_x, **kw)
+        zq = run_eval(apply_fn, params_variants, heldout_x, chunk_size, variant_batching, True)
     mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
 
     a, _ = M.top2(zf)
@@ -203,11 +221,11 @@ def compare(
     # local geometry at the band points
     xb = heldout_x[band]
     ab = a[band]
-    chunk = _check_chunk(chunk_size, math.prod(slc.input_shape))
+    chunk = check_chunk(chunk_size, math.prod(slc.input_shape))
     rf = margin_radius(
         apply_fn, params_float, xb, float_top=ab, grad_tol=grad_tol, chunk_size=chunk
     )
-    r_q, _, _, zero_q, cos = _variant_local_jit(
+    r_q, _, _, zero_q, cos = variant_local_jit(
         params_variants, xb, ab, rf.normal, jnp.float32(grad_tol), apply_fn=apply_fn, chunk=chunk
     )
     valid = ~zero_q & jnp.expand_dims(~rf.zero_gradient, 0)
@@ -218,28 +236,30 @@ def compare(
 
     out = {
         "flip_rate": M.flip_rate(zf, zq),
-        "boundary_jaccard": M.boundary_jaccard(mask_f, mask_q, tolerance=tolerance),
+        "boundary_jaccard_distance": M.boundary_jaccard_distance(
+            mask_f, mask_q, tolerance=tolerance
+        ),
         "grid_change": M.grid_change(labels_f, labels_q),
-        "triple_junctions": M.triple_junction_count(labels_q),
-        "triple_junctions_float": rep(M.triple_junction_count(labels_f), np.int64),
+        "triple_junction_count": M.triple_junction_count(labels_q),
+        "float_triple_junction_count": rep(M.triple_junction_count(labels_f), np.int64),
         "band_flip_rate": M.band_flip_rate(zf, zq, band),
         "pair_order_flip": M.pair_order_flip(zf, zq, band),
         "median_local_shift": M.masked_median(jnp.abs(delta), valid),
         "normal_variation": M.masked_median(1.0 - cos, valid),
         "normal_variation_mean": M.masked_mean(1.0 - cos, valid),
         "margin_radius_median": M.masked_median(r_q, ~zero_q),
-        "margin_radius_float_median": rep(
+        "float_margin_radius_median": rep(
             M.masked_median(rf.radius, ~rf.zero_gradient), np.float32
         ),
-        "zero_gradient": jnp.sum(zero_q, axis=-1),
-        "zero_gradient_float": rep(rf.zero_gradient_count, np.int64),
+        "zero_gradient_count": jnp.sum(zero_q, axis=-1),
+        "float_zero_gradient_count": rep(rf.zero_gradient_count, np.int64),
         "band_size": rep(int(band.sum()), np.int64),
         "band_tau": rep(tau, np.float32),
         "heldout_size": rep(heldout_x.shape[0], np.int64),
         "resolution": rep(slc.resolution, np.int64),
         "tolerance": rep(tolerance, np.int64),
     }
-    ints = {"triple_junctions", "zero_gradient"}
+    ints = {"triple_junction_count", "zero_gradient_count"}
     out = {k: np.asarray(x, np.int64 if k in ints else None).reshape(v) for k, x in out.items()}
     if return_maps:
         out["labels"] = np.asarray(labels_q)
@@ -253,9 +273,13 @@ def compare_records(result: dict[str, np.ndarray]) -> list[dict[str, float | int
     Label maps (``labels``, ``labels_float``) are left out; NaN becomes ``None``.
 
     Example:
-        >>> rows = compare_records(compare(...))  # doctest: +SKIP
-        >>> rows[0]["boundary_jaccard"]  # doctest: +SKIP
-        0.428
+        >>> result = {"flip_rate": np.array([0.0, 0.5], np.float32),
+        ...           "median_local_shift": np.array([np.nan, 0.25], np.float32),
+        ...           "triple_junction_count": np.array([1, 2])}
+        >>> for row in compare_records(result):
+        ...     print(row)
+        {'flip_rate': 0.0, 'median_local_shift': None, 'triple_junction_count': 1}
+        {'flip_rate': 0.5, 'median_local_shift': 0.25, 'triple_junction_count': 2}
     """
     keys = [k for k in result if k not in ("labels", "labels_float")]
     v = len(np.asarray(result[keys[0]]))

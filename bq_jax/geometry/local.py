@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bq_jax.geometry.metrics import _align, margin, masked_median
-from bq_jax.geometry.sweep import _check_chunk, _fill_chunks
+from bq_jax.geometry.checks import align
+from bq_jax.geometry.engine import check_chunk, margin_radius_jit
+from bq_jax.geometry.metrics import masked_median
 
 __all__ = [
     "GRAD_TOL",
@@ -51,65 +52,6 @@ class MarginRadius(NamedTuple):
     def zero_gradient_count(self) -> int:
         """Number of inputs with a zero gradient."""
         return int(np.sum(np.asarray(self.zero_gradient)))
-
-
-def _margin_grads(apply_fn, params, x, a, basis, chunk):
-    """``(m[N], g[N, D'])`` margin and its input gradient (projected on ``basis`` if given)."""
-    n = x.shape[0]
-    input_shape = x.shape[1:]
-
-    def one(xi, ai):
-        return margin(apply_fn(params, xi.reshape((1,) + input_shape))[0], ai)
-
-    grad_one = jax.vmap(jax.value_and_grad(one))
-    d_out = 2 if basis is not None else math.prod(input_shape)
-
-    def chunk_fn(start, c):
-        xs = jax.lax.dynamic_slice_in_dim(x, start, c, axis=0)
-        ai = jax.lax.dynamic_slice_in_dim(a, start, c, axis=0)
-        m, g = grad_one(xs, ai)
-        g = g.reshape(c, -1)
-        if basis is not None:
-            g = g @ basis
-        return (m, g), jnp.asarray(True)
-
-    struct = (
-        jax.ShapeDtypeStruct((n,), jnp.float32),
-        jax.ShapeDtypeStruct((n, d_out), jnp.float32),
-    )
-    (m, g), _ = _fill_chunks(chunk_fn, n, chunk, struct)
-    return m, g
-
-
-def _radius_from(m, g, grad_tol):
-    norm = jnp.linalg.norm(g, axis=-1)
-    zero = norm <= grad_tol
-    safe = jnp.where(zero, 1.0, norm)
-    radius = jnp.where(zero, 0.0, m / safe)
-    normal = jnp.where(jnp.expand_dims(zero, -1), 0.0, g / jnp.expand_dims(safe, -1))
-    return MarginRadius(radius, m, norm, normal, zero)
-
-
-def _margin_radius_impl(params, x, a, basis, grad_tol, *, apply_fn, chunk):
-    m, g = _margin_grads(apply_fn, params, x, a, basis, chunk)
-    return _radius_from(m, g, grad_tol)
-
-
-_margin_radius_jit = jax.jit(_margin_radius_impl, static_argnames=("apply_fn", "chunk"))
-
-
-def _variant_local_impl(params_stack, x, a, normal_ref, grad_tol, *, apply_fn, chunk):
-    """Per variant: margin, grad norm, radius, zero mask and ``<n_Q, normal_ref>``."""
-
-    def one(params):
-        r = _radius_from(*_margin_grads(apply_fn, params, x, a, None, chunk), grad_tol)
-        cos = jnp.clip(jnp.sum(r.normal * normal_ref, axis=-1), -1.0, 1.0)
-        return r.radius, r.margin, r.grad_norm, r.zero_gradient, cos
-
-    return jax.lax.map(one, params_stack)
-
-
-_variant_local_jit = jax.jit(_variant_local_impl, static_argnames=("apply_fn", "chunk"))
 
 
 def _check_inputs(x, float_top):
@@ -154,9 +96,14 @@ def margin_radius(
         :class:`MarginRadius` ``(radius, margin, grad_norm, normal, zero_gradient)``.
 
     Example:
-        >>> res = margin_radius(apply_fn, params, x, float_top=top)  # doctest: +SKIP
-        >>> res.radius.shape, res.zero_gradient_count  # doctest: +SKIP
-        ((450,), 0)
+        >>> import numpy as np
+        >>> def apply_fn(params, x):  # z = (x0, -x0): the boundary is the line x0 = 0
+        ...     return x @ params["w"]
+        >>> params = {"w": np.array([[1.0, -1.0], [0.0, 0.0]], np.float32)}
+        >>> x = np.array([[2.0, 5.0], [-1.0, 0.0]], np.float32)
+        >>> res = margin_radius(apply_fn, params, x, float_top=np.array([0, 1]))
+        >>> res.radius.tolist(), res.zero_gradient_count
+        ([2.0, 1.0], 0)
     """
     x, a = _check_inputs(x, float_top)
     if basis is not None:
@@ -164,9 +111,11 @@ def margin_radius(
         d = math.prod(x.shape[1:])
         if basis.shape != (d, 2):
             raise ValueError(f"basis must be [D, 2] = {(d, 2)}, got {basis.shape}")
-    chunk = _check_chunk(chunk_size, math.prod(x.shape[1:]))
-    return _margin_radius_jit(
-        params, x, a, basis, jnp.float32(grad_tol), apply_fn=apply_fn, chunk=chunk
+    chunk = check_chunk(chunk_size, math.prod(x.shape[1:]))
+    return MarginRadius(
+        *margin_radius_jit(
+            params, x, a, basis, jnp.float32(grad_tol), apply_fn=apply_fn, chunk=chunk
+        )
     )
 
 
@@ -181,7 +130,7 @@ def boundary_displacement(radius_q, radius_f) -> jax.Array:
         >>> boundary_displacement(jnp.array([1.5]), jnp.array([1.0])).tolist()
         [0.5]
     """
-    rq, rf = _align(jnp.asarray(radius_q), jnp.asarray(radius_f), "radius_q", "radius_f", 1)
+    rq, rf = align(jnp.asarray(radius_q), jnp.asarray(radius_f), "radius_q", "radius_f", 1)
     return rq - rf
 
 
@@ -199,7 +148,7 @@ def normal_variation(normal_f, normal_q) -> jax.Array:
     nf, nq = jnp.asarray(normal_f), jnp.asarray(normal_q)
     if nf.ndim < 2 or nq.ndim < 2:
         raise ValueError(f"normals must be [..., N, D], got {nf.shape} and {nq.shape}")
-    nf, nq = _align(nf, nq, "normal_f", "normal_q", 2)
+    nf, nq = align(nf, nq, "normal_f", "normal_q", 2)
     return 1.0 - jnp.clip(jnp.sum(nf * nq, axis=-1), -1.0, 1.0)
 
 

@@ -20,8 +20,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bq_jax._src.checks import check_int
+from bq_jax.geometry.checks import align, check_logits
+from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
+
 __all__ = [
     "boundary_mask",
+    "boundary_jaccard_distance",
     "boundary_jaccard",
     "grid_change",
     "triple_junctions",
@@ -37,20 +42,6 @@ __all__ = [
     "masked_median",
     "masked_mean",
 ]
-
-
-def _align(a: jax.Array, b: jax.Array, name_a: str, name_b: str, core: int):
-    """Broadcast ``a`` and ``b`` to one shape, adding missing leading axes explicitly."""
-    if a.shape[a.ndim - core :] != b.shape[b.ndim - core :] or a.ndim < core or b.ndim < core:
-        raise ValueError(
-            f"{name_a} and {name_b} must agree on their last {core} axes, got shapes "
-            f"{a.shape} and {b.shape}"
-        )
-    nd = max(a.ndim, b.ndim)
-    a = a.reshape((1,) * (nd - a.ndim) + a.shape)
-    b = b.reshape((1,) * (nd - b.ndim) + b.shape)
-    shape = jnp.broadcast_shapes(a.shape, b.shape)
-    return jnp.broadcast_to(a, shape), jnp.broadcast_to(b, shape)
 
 
 def _check_grid(labels, name: str) -> jax.Array:
@@ -100,10 +91,12 @@ def _dilate(mask: jax.Array, d: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="tolerance")
-def boundary_jaccard(mask_a, mask_b, *, tolerance: int = 0) -> jax.Array:
-    """Boundary Jaccard distance ``1 - |A and B| / |A or B|`` of two boundary masks.
+def boundary_jaccard_distance(mask_a, mask_b, *, tolerance: int = 0) -> jax.Array:
+    """Boundary Jaccard distance ``1 - J = 1 - |A and B| / |A or B|`` of two boundary masks.
 
+    A distance, not the Jaccard index ``J``: 0 for identical boundaries, 1 for disjoint ones.
     Both masks empty -> 0; exactly one empty -> 1. Always report the grid resolution with it.
+    ``boundary_jaccard`` (DESIGN's name) is this same function.
 
     With ``tolerance = d > 0`` a boundary point counts as matched when the other mask has a
     point within Chebyshev distance ``d`` (``max(|di|, |dj|) <= d`` cells, i.e. the other mask
@@ -114,7 +107,7 @@ def boundary_jaccard(mask_a, mask_b, *, tolerance: int = 0) -> jax.Array:
 
     For ``d = 0`` this is exactly the plain distance (``I_0 = |A and B|``,
     ``|A| + |B| - I_0 = |A or B|``); ``J_d`` is symmetric, non-increasing in ``d``, and 0 for a
-    boundary moved by at most ``d`` cells.
+    boundary moved by at most ``d`` cells. Paper: slice-boundary Jaccard distance.
 
     Args:
         mask_a, mask_b: bool[..., R, R] (e.g. from :func:`boundary_mask`); leading axes align
@@ -126,14 +119,13 @@ def boundary_jaccard(mask_a, mask_b, *, tolerance: int = 0) -> jax.Array:
 
     Example:
         >>> a = jnp.zeros((4, 4), bool).at[1, :].set(True)
-        >>> float(boundary_jaccard(a, jnp.roll(a, 1, axis=0)))
+        >>> float(boundary_jaccard_distance(a, jnp.roll(a, 1, axis=0)))
         1.0
-        >>> float(boundary_jaccard(a, jnp.roll(a, 1, axis=0), tolerance=1))
+        >>> float(boundary_jaccard_distance(a, jnp.roll(a, 1, axis=0), tolerance=1))
         0.0
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance must be an int >= 0 (cells), got {tolerance!r}")
-    a, b = _align(
+    check_int("tolerance", tolerance, 0)
+    a, b = align(
         _check_grid(mask_a, "mask_a").astype(bool),
         _check_grid(mask_b, "mask_b").astype(bool),
         "mask_a",
@@ -155,6 +147,11 @@ def boundary_jaccard(mask_a, mask_b, *, tolerance: int = 0) -> jax.Array:
     return jnp.where(union > 0, 1.0 - inter / safe, 0.0)
 
 
+#: DESIGN's public name of :func:`boundary_jaccard_distance` (the same function object): the
+#: boundary Jaccard *distance* ``1 - J``.
+boundary_jaccard = boundary_jaccard_distance
+
+
 @jax.jit
 def grid_change(labels_a, labels_b) -> jax.Array:
     """float32[...]: fraction of grid points whose label differs, ``mean_{i,j} [L_a != L_b]``.
@@ -165,7 +162,7 @@ def grid_change(labels_a, labels_b) -> jax.Array:
         >>> float(grid_change(jnp.zeros((2, 2), int), jnp.eye(2, dtype=int)))
         0.5
     """
-    a, b = _align(
+    a, b = align(
         _check_grid(labels_a, "labels_a"),
         _check_grid(labels_b, "labels_b"),
         "labels_a",
@@ -202,7 +199,13 @@ def triple_junctions(labels) -> jax.Array:
 
 @jax.jit
 def triple_junction_count(labels) -> jax.Array:
-    """int32[...]: number of triple-junction cells, ``sum triple_junctions(labels)``."""
+    """int32[...]: number of triple-junction cells, the sum of :func:`triple_junctions` over the
+    last two axes.
+
+    Example:
+        >>> int(triple_junction_count(jnp.array([[0, 1, 1], [2, 2, 1], [2, 0, 0]])))
+        2
+    """
     return jnp.sum(triple_junctions(labels), axis=(-2, -1), dtype=jnp.int32)
 
 
@@ -219,7 +222,7 @@ def _as_labels(x, name: str) -> jax.Array:
         raise TypeError(f"{name} must be float logits [..., N, K] or int labels [..., N]")
     if x.ndim < 1:
         raise ValueError(f"{name} labels must be [..., N], got a scalar")
-    return x
+    return x.astype(jnp.int32)
 
 
 @jax.jit
@@ -233,19 +236,12 @@ def flip_rate(a, b) -> jax.Array:
         >>> float(flip_rate(jnp.array([0, 1, 2, 3]), jnp.array([0, 1, 2, 0])))
         0.25
     """
-    la, lb = _align(_as_labels(a, "a"), _as_labels(b, "b"), "a", "b", 1)
+    la, lb = align(_as_labels(a, "a"), _as_labels(b, "b"), "a", "b", 1)
     return jnp.mean(la != lb, axis=-1, dtype=jnp.float32)
 
 
 def _take(z: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(z, jnp.expand_dims(idx, -1), axis=-1)[..., 0]
-
-
-def _check_logits(logits, name="logits") -> jax.Array:
-    logits = jnp.asarray(logits)
-    if logits.ndim < 1 or logits.shape[-1] < 2 or not jnp.issubdtype(logits.dtype, jnp.floating):
-        raise ValueError(f"{name} must be float [..., K] with K >= 2 classes, got {logits.shape}")
-    return logits
 
 
 def _broadcast_index(idx, logits: jax.Array, name: str) -> jax.Array:
@@ -257,6 +253,7 @@ def _broadcast_index(idx, logits: jax.Array, name: str) -> jax.Array:
         raise ValueError(
             f"{name} shape {idx.shape} must match the trailing axes of logits[..., K] {lead}"
         )
+    idx = idx.astype(jnp.int32)
     return jnp.broadcast_to(idx.reshape((1,) * (len(lead) - idx.ndim) + idx.shape), lead)
 
 
@@ -275,7 +272,7 @@ def margin(logits, float_top) -> jax.Array:
         >>> float(margin(jnp.array([1.0, 3.0, 2.0]), jnp.array(2)))
         -1.0
     """
-    z = _check_logits(logits)
+    z = check_logits(logits)
     a = _broadcast_index(float_top, z, "float_top")
     k = z.shape[-1]
     is_a = jnp.arange(k).reshape((1,) * a.ndim + (k,)) == jnp.expand_dims(a, -1)
@@ -286,7 +283,7 @@ def margin(logits, float_top) -> jax.Array:
 @jax.jit
 def top2(logits_float) -> tuple[jax.Array, jax.Array]:
     """``(a, b)`` int32[...]: the float model's top class and runner-up (ties: lower index)."""
-    z = _check_logits(logits_float, "logits_float")
+    z = check_logits(logits_float, "logits_float")
     _, idx = lax.top_k(z, 2)
     return idx[..., 0].astype(jnp.int32), idx[..., 1].astype(jnp.int32)
 
@@ -294,12 +291,14 @@ def top2(logits_float) -> tuple[jax.Array, jax.Array]:
 @jax.jit
 def pair_gap(logits, a, b) -> jax.Array:
     """float[...]: ``g(x) = z_a(x) - z_b(x)`` for given classes ``a``, ``b`` (e.g. :func:`top2`)."""
-    z = _check_logits(logits)
+    z = check_logits(logits)
     return _take(z, _broadcast_index(a, z, "a")) - _take(z, _broadcast_index(b, z, "b"))
 
 
 @functools.partial(jax.jit, static_argnames="quantile")
-def band_threshold(margins_float_calibration, *, quantile: float = 0.1) -> jax.Array:
+def band_threshold(
+    margins_float_calibration, *, quantile: float = DEFAULT_BAND_QUANTILE
+) -> jax.Array:
     """``tau = quantile_q |m_F(calibration)|`` (linear interpolation, ``jnp.quantile``)."""
     if not 0.0 < float(quantile) <= 1.0:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
@@ -311,12 +310,13 @@ def band_threshold(margins_float_calibration, *, quantile: float = 0.1) -> jax.A
 
 @functools.partial(jax.jit, static_argnames="quantile")
 def boundary_band(
-    margins_float_heldout, margins_float_calibration, *, quantile: float = 0.1
+    margins_float_heldout, margins_float_calibration, *, quantile: float = DEFAULT_BAND_QUANTILE
 ) -> jax.Array:
     """bool[N]: held-out points in the boundary band, ``|m_F(x)| <= tau``.
 
     ``tau = quantile_q(|m_F|)`` over the calibration inputs (:func:`band_threshold`, default
-    q = 0.1), ``m_F`` the float model's :func:`margin`. Paper: low-margin boundary band.
+    q = ``bq_jax.vocabulary.DEFAULT_BAND_QUANTILE``), ``m_F`` the float model's :func:`margin`.
+    Paper: low-margin boundary band.
 
     Example:
         >>> boundary_band(jnp.array([0.1, 2.0]), jnp.array([0.2, 1.0, 3.0]), quantile=0.5).tolist()
@@ -329,17 +329,17 @@ def boundary_band(
 @jax.jit
 def masked_mean(values, mask) -> jax.Array:
     """float32[...]: mean of ``values[..., N]`` over ``mask[N]``; NaN where the mask is empty."""
-    v, m = _align(jnp.asarray(values, jnp.float32), jnp.asarray(mask, bool), "values", "mask", 1)
-    n = jnp.sum(m, axis=-1)
+    v, m = align(jnp.asarray(values, jnp.float32), jnp.asarray(mask, bool), "values", "mask", 1)
+    n = jnp.sum(m, axis=-1, dtype=jnp.float32)
     s = jnp.sum(jnp.where(m, v, 0.0), axis=-1)
-    return jnp.where(n > 0, s / jnp.maximum(n, 1), jnp.nan)
+    return jnp.where(n > 0, s / jnp.maximum(n, 1.0), jnp.nan)
 
 
 @jax.jit
 def masked_median(values, mask) -> jax.Array:
     """float32[...]: median of ``values[..., N]`` over ``mask[..., N]`` (mean of the two middle
     values for an even count, as ``np.median``); NaN where the mask is empty."""
-    v, m = _align(jnp.asarray(values, jnp.float32), jnp.asarray(mask, bool), "values", "mask", 1)
+    v, m = align(jnp.asarray(values, jnp.float32), jnp.asarray(mask, bool), "values", "mask", 1)
     n = jnp.sum(m, axis=-1, dtype=jnp.int32)
     s = jnp.sort(jnp.where(m, v, jnp.inf), axis=-1)
     lo = jnp.expand_dims(jnp.maximum(n - 1, 0) // 2, -1)
@@ -362,7 +362,7 @@ def band_flip_rate(labels_a, labels_b, band) -> jax.Array:
         ...                      jnp.array([True, True, False])))
         0.5
     """
-    la, lb = _align(_as_labels(labels_a, "labels_a"), _as_labels(labels_b, "labels_b"), "a", "b", 1)
+    la, lb = align(_as_labels(labels_a, "labels_a"), _as_labels(labels_b, "labels_b"), "a", "b", 1)
     return masked_mean(la != lb, band)
 
 
@@ -382,10 +382,11 @@ def pair_order_flip(logits_float, logits_q, band) -> jax.Array:
         >>> float(pair_order_flip(zf, zq, jnp.array([True, True])))
         0.5
     """
-    zf = _check_logits(logits_float, "logits_float")
-    zq = _check_logits(logits_q, "logits_q")
+    zf = check_logits(logits_float, "logits_float")
+    zq = check_logits(logits_q, "logits_q")
     a, b = top2(zf)
-    sf = jnp.sign(pair_gap(zf, a, b))
-    sq = jnp.sign(pair_gap(zq, a, b))
-    sf, sq = _align(sf, sq, "logits_float", "logits_q", 1)
+    # signs (-1, 0, 1, NaN) are exact in float32, whatever the precision of either model's logits
+    sf = jnp.sign(pair_gap(zf, a, b)).astype(jnp.float32)
+    sq = jnp.sign(pair_gap(zq, a, b)).astype(jnp.float32)
+    sf, sq = align(sf, sq, "logits_float", "logits_q", 1)
     return masked_mean(sf != sq, band)

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bq_jax._src.checks import check_int
+
 __all__ = [
     "Slice",
     "ORTHONORMAL_ATOL",
@@ -41,14 +43,6 @@ ORTHONORMAL_ATOL = 1e-5
 #: :func:`pca_slice` calls the data rank-deficient when the second principal standard deviation
 #: is at most this fraction of the first (float32 inputs carry ~1e-7 relative rounding noise).
 PCA_RANK_RTOL = 1e-5
-
-
-def _check_resolution(resolution) -> int:
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-        raise TypeError(f"resolution must be an int >= 2, got {resolution!r}")
-    if resolution < 2:
-        raise ValueError(f"resolution must be an int >= 2 (grid points per axis), got {resolution}")
-    return int(resolution)
 
 
 def _check_padding(padding) -> float:
@@ -130,7 +124,7 @@ class Slice:
     input_shape: tuple[int, ...]
 
     def __post_init__(self):
-        _check_resolution(self.resolution)
+        check_int("resolution", self.resolution, 2)
         shape = tuple(int(s) for s in self.input_shape)
         if not shape or any(s < 1 for s in shape):
             raise ValueError(f"input_shape must be a non-empty tuple of ints >= 1, got {shape}")
@@ -285,9 +279,12 @@ def stack_slices(slices: Sequence[Slice]) -> Slice:
     """One stacked :class:`Slice` (leading axis S) from single slices of equal R and input shape.
 
     Example:
-        >>> both = stack_slices([slc_a, slc_b])  # doctest: +SKIP
-        >>> both.num_slices  # doctest: +SKIP
-        2
+        >>> import jax
+        >>> x = np.random.default_rng(0).normal(size=(20, 3))
+        >>> both = stack_slices([pca_slice(x, resolution=8),
+        ...                      random_slice(jax.random.key(0), x, resolution=8)])
+        >>> both.num_slices, both.basis.shape
+        (2, (2, 3, 2))
     """
     slices = list(slices)
     if not slices or not all(isinstance(s, Slice) and not s.stacked for s in slices):
@@ -393,7 +390,7 @@ def pca_slice(x, *, resolution: int, padding: float = 0.1) -> Slice:
         >>> slc.points().shape
         (4096, 8)
     """
-    resolution = _check_resolution(resolution)
+    resolution = check_int("resolution", resolution, 2)
     padding = _check_padding(padding)
     flat = _flatten_batch(x, "x")
     n, d = flat.shape
@@ -456,7 +453,7 @@ def random_slice(
         >>> slc.extent.tolist()
         [-3.0, 3.0, -3.0, 3.0]
     """
-    resolution = _check_resolution(resolution)
+    resolution = check_int("resolution", resolution, 2)
     padding = _check_padding(padding)
     flat = _flatten_batch(x, "x")
     d = flat.shape[1]
@@ -512,11 +509,10 @@ def points_slice(
 
     Example:
         >>> slc = points_slice(np.zeros(4), np.eye(4)[0], np.eye(4)[1], resolution=8)
-        >>> np.asarray(slc.basis).T
-        array([[1., 0., 0., 0.],
-               [0., 1., 0., 0.]], dtype=float32)
+        >>> np.array_equal(slc.basis, np.eye(4, 2))  # e1 = x1 - x0, e2 = x2 - x0
+        True
     """
-    resolution = _check_resolution(resolution)
+    resolution = check_int("resolution", resolution, 2)
     padding = _check_padding(padding)
     shape = np.shape(x0)
     pts = [x0, x1] + ([] if x2 is None else [x2])

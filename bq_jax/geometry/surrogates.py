@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bq_jax.geometry.metrics import _check_logits, pair_gap, top2
+from bq_jax.geometry.checks import check_logits
+from bq_jax.geometry.metrics import pair_gap, top2
 
 __all__ = ["soft_boundary_mask", "soft_jaccard", "huber", "boundary_gap_penalty"]
 
@@ -42,7 +43,7 @@ def soft_boundary_mask(logits, *, tau: float, temperature: float) -> jax.Array:
         [0.5]
     """
     _positive("temperature", temperature)
-    z = _check_logits(logits)
+    z = check_logits(logits)
     top, _ = lax.top_k(z, 2)
     gap = top[..., 0] - top[..., 1]
     return jax.nn.sigmoid((tau - gap) / temperature)
@@ -120,8 +121,8 @@ def boundary_gap_penalty(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     _positive("temperature", temperature)
-    zf = lax.stop_gradient(_check_logits(logits_f, "logits_f"))
-    zq = _check_logits(logits_q, "logits_q")
+    zf = lax.stop_gradient(check_logits(logits_f, "logits_f"))
+    zq = check_logits(logits_q, "logits_q")
     if zq.shape[zq.ndim - zf.ndim :] != zf.shape:
         raise ValueError(
             f"logits_q [..., N, K] must end with logits_f's shape {zf.shape}, got {zq.shape}"

@@ -1,7 +1,8 @@
 """Results, reports and figures: the output layer of every study.
 
-Imports nothing else of bq_jax (numpy, matplotlib and the standard library only), so geometry
-code, studies and notebooks can all use it.
+It sits above ``bq_jax.geometry`` in the layering: boundary maps take their masks, junctions
+and Jaccard distances from ``bq_jax.geometry``, table formats from ``bq_jax.vocabulary`` and
+Pearson r from ``bq_jax.stats``; it never imports pyplot (figures use the Agg canvas directly).
 
 * Writing (:mod:`bq_jax.report.io`): :func:`write_json` / :func:`read_json` (deterministic,
   NaN/inf refused), :func:`write_text`, :func:`atomic_write`, :func:`save_figure` (PNG,

@@ -9,11 +9,12 @@ Colours are colour-blind friendly: lines and markers use the Okabe-Ito palette; 
 use Paul Tol's "muted" palette (10 classes; more classes fall back to a 20-colour map) drawn
 at reduced opacity so boundary overlays stand out.
 
-Grid convention (same as ``bq_jax.geometry``): a label map ``labels[i, j]`` is a grid of
+Grid convention (that of ``bq_jax.geometry``): a label map ``labels[i, j]`` is a grid of
 points, row ``i`` along the slice's second axis (drawn upwards), column ``j`` along its
-first axis (drawn to the right). The boundary mask marks the point whose label differs from
-its right (``j+1``) or lower (``i+1``) neighbour; a triple junction is a 2x2 block of points
-carrying at least 3 distinct labels and is drawn at the block's centre.
+first axis (drawn to the right). Boundary masks, triple junctions and the boundary Jaccard
+distance are computed by ``bq_jax.geometry`` (:func:`~bq_jax.geometry.boundary_mask`,
+:func:`~bq_jax.geometry.triple_junctions`, :func:`~bq_jax.geometry.boundary_jaccard_distance`);
+a triple junction is drawn at the centre of its 2x2 block.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from bq_jax.geometry import boundary_jaccard_distance, boundary_mask, triple_junctions
 from bq_jax.stats import pearson_r
 
 __all__ = [
@@ -115,53 +117,7 @@ def class_colors(num_classes: int) -> list[str | tuple]:
     return [cmap(k / num_classes) for k in range(num_classes)]
 
 
-# ---------------------------------------------------------------------------- grid helpers
-
-
-def _boundary_mask(labels: np.ndarray) -> np.ndarray:
-    """Boundary mask of a label grid (numpy, drawing side).
-
-    ``mask[..., i, j] = labels[i, j] != labels[i, j+1]  or  labels[i, j] != labels[i+1, j]``
-    (a missing neighbour at the last column / row counts as equal). Same definition as
-    ``bq_jax.geometry.boundary_mask`` (the paper's slice boundary mask).
-
-    Args:
-        labels: integer array ``[..., R, C]``.
-
-    Returns:
-        bool array ``[..., R, C]``.
-    """
-    labels = np.asarray(labels)
-    mask = np.zeros(labels.shape, dtype=bool)
-    mask[..., :, :-1] |= labels[..., :, :-1] != labels[..., :, 1:]
-    mask[..., :-1, :] |= labels[..., :-1, :] != labels[..., 1:, :]
-    return mask
-
-
-def _triple_junctions(labels: np.ndarray) -> np.ndarray:
-    """Triple-junction cells of a label grid (numpy, drawing side).
-
-    ``tj[..., i, j]`` is True when the 2x2 block ``labels[i:i+2, j:j+2]`` carries at least 3
-    distinct labels. Same definition as ``bq_jax.geometry.triple_junctions``.
-
-    Args:
-        labels: integer array ``[..., R, C]``.
-
-    Returns:
-        bool array ``[..., R-1, C-1]`` (empty when R or C is 1).
-    """
-    labels = np.asarray(labels)
-    a = labels[..., :-1, :-1]
-    b = labels[..., :-1, 1:]
-    c = labels[..., 1:, :-1]
-    d = labels[..., 1:, 1:]
-    distinct = (
-        1
-        + (b != a).astype(np.int32)
-        + ((c != a) & (c != b)).astype(np.int32)
-        + ((d != a) & (d != b) & (d != c)).astype(np.int32)
-    )
-    return distinct >= 3
+# ---------------------------------------------------------------------------- boundary maps
 
 
 def _check_label_map(labels: Any, name: str) -> np.ndarray:
@@ -172,7 +128,9 @@ def _check_label_map(labels: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} has negative labels (min {arr.min()}); labels are 0..K-1")
-    return arr.astype(np.int64)
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{name} has a label above int32 (max {arr.max()}); labels are 0..K-1")
+    return arr.astype(np.int32)
 
 
 def _grid_geometry(shape: tuple[int, int], extent) -> tuple[tuple, Callable, Callable]:
@@ -227,8 +185,9 @@ def plot_boundary_maps(
     boundary and the variant's boundary in two colours, with their overlap in a third, so
     moved boundary cells are visible at a glance. Triple-junction cells (2x2 blocks with >= 3
     labels, the paper's multiclass junctions) of the panel's own map are marked at the block
-    centres. The title of a variant panel also states its boundary Jaccard distance
-    ``1 - |B_F & B_Q| / |B_F | B_Q|`` (paper: slice-boundary Jaccard) and junction count.
+    centres. The title of a variant panel also states its ``boundary_jaccard_distance``
+    ``1 - |B_F & B_Q| / |B_F | B_Q|`` (paper: slice-boundary Jaccard) and every panel's title
+    its ``triple_junction_count``.
 
     Args:
         labels_float: int ``[R, C]`` label map of the float model on the slice grid.
@@ -297,7 +256,7 @@ def plot_boundary_maps(
     colors = class_colors(int(num_classes))
     cmap = ListedColormap(colors)
     im_extent, col_to_u, row_to_v = _grid_geometry(lf.shape, extent)
-    float_mask = _boundary_mask(lf)
+    float_mask = np.asarray(boundary_mask(lf))
     aspect = "equal" if equal_aspect else "auto"
 
     height = panel_size
@@ -319,7 +278,7 @@ def plot_boundary_maps(
             alpha=_CLASS_ALPHA,
             aspect=aspect,
         )
-        variant_mask = None if k == 0 else _boundary_mask(labels)
+        variant_mask = None if k == 0 else np.asarray(boundary_mask(labels))
         ax.imshow(
             _overlay_rgba(float_mask, variant_mask),
             origin="lower",
@@ -327,15 +286,13 @@ def plot_boundary_maps(
             interpolation="nearest",
             aspect=aspect,
         )
-        tj = _triple_junctions(labels)
+        tj = np.asarray(triple_junctions(labels))
         stats = []
         if k > 0:
-            union = float_mask | variant_mask
-            inter = float_mask & variant_mask
-            jac = 0.0 if not union.any() else 1.0 - float(inter.sum()) / float(union.sum())
-            stats.append(f"boundary_jaccard={jac:.3f}")
+            jac = float(boundary_jaccard_distance(float_mask, variant_mask))
+            stats.append(f"boundary_jaccard_distance={jac:.3f}")
         if junctions:
-            stats.append(f"triple_junctions={int(tj.sum())}")
+            stats.append(f"triple_junction_count={int(tj.sum())}")
             rows_idx, cols_idx = np.nonzero(tj)
             ax.scatter(
                 col_to_u(cols_idx + 0.5),
@@ -420,12 +377,13 @@ def plot_metric_vs_bits(
 
     Rows that share a bit width (and group) are seeds: the line shows their mean and the
     error bars their sample standard deviation (ddof=1). A single row per point that carries
-    ``<metric>_std`` (rows already averaged by ``bq_jax.studies.aggregate.mean_rows``) uses
-    that as its error bar. ``None`` values (undefined for that row) are left out.
+    ``<metric>_std`` (rows already averaged by :func:`bq_jax.stats.mean_rows`) uses that as
+    its error bar. ``None`` values (undefined for that row) are left out.
 
     Args:
         rows: result rows (dicts), each with ``bits_key`` and the metric(s).
-        metric: a metric name (e.g. ``"boundary_jaccard"``) or several (one panel each).
+        metric: a metric key of ``bq_jax.vocabulary.METRICS`` (e.g.
+            ``"boundary_jaccard_distance"``) or several (one panel each).
         bits_key: the row key holding the bit width.
         by: optional row key that splits rows into lines (e.g. ``"range_method"``).
         paper: the paper's values, ``{bits: {metric: value}}`` (the shape of
@@ -569,15 +527,15 @@ def plot_scatter(
     groups: Sequence[Any] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Scatter ``y`` against ``x`` (e.g. calibration vs held-out boundary Jaccard).
+    """Scatter ``y`` against ``x`` (e.g. calibration vs held-out boundary Jaccard distance).
 
     The title states Pearson ``r`` (:func:`pearson_r`) and ``n``. Optional dashed identity
     line ``y = x`` and least-squares fit ``y = a x + b``.
 
     Args:
         x, y: 1-D sequences of the same length (>= 1), finite.
-        xlabel, ylabel: axis labels, the project's metric names (e.g.
-            ``"calibration boundary_jaccard"``).
+        xlabel, ylabel: axis labels, the project's metric keys (e.g.
+            ``"calibration_boundary_jaccard_distance"``).
         annotate: one text label per point (e.g. ``"4-bit nearest"``).
         identity_line: draw ``y = x``.
         fit: draw the least-squares line (when x is not constant).
@@ -593,8 +551,8 @@ def plot_scatter(
 
     Example:
         >>> fig = plot_scatter([0.1, 0.5, 0.9], [0.12, 0.48, 0.95],
-        ...                    xlabel="calibration boundary_jaccard",
-        ...                    ylabel="heldout boundary_jaccard")
+        ...                    xlabel="calibration_boundary_jaccard_distance",
+        ...                    ylabel="heldout_boundary_jaccard_distance")
         >>> fig.axes[0].get_title().startswith("Pearson r = 0.99")
         True
     """

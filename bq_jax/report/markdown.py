@@ -2,7 +2,9 @@
 
 Cells are formatted per column; a missing key or ``None`` is shown as ``—`` (an em dash).
 NaN or infinity raises ``ValueError`` (never printed silently). Numbers are right-aligned,
-text left-aligned, and columns are padded so the raw Markdown reads as a table too.
+text left-aligned, and columns are padded so the raw Markdown reads as a table too. A float in
+a column named after a metric of ``bq_jax.vocabulary.METRICS`` (or its ``_std``) gets that
+metric's format unless the table is given one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from bq_jax._src.checks import is_real
 from bq_jax.report.io import write_text
+from bq_jax.vocabulary import STD_SUFFIX, metric_format
 
 __all__ = [
     "MISSING",
@@ -34,12 +38,6 @@ MISSING = "—"
 DEFAULT_FLOAT_FORMAT = ".4g"
 
 Format = str | Callable[[Any], str]
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
-        v, (bool, np.bool_)
-    )
 
 
 def format_value(value: Any, fmt: Format | None = None, *, where: str = "value") -> str:
@@ -67,7 +65,7 @@ def format_value(value: Any, fmt: Format | None = None, *, where: str = "value")
         return ", ".join(format_value(v, fmt, where=where) for v in value)
     if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
         value = value.item()
-    if _is_number(value):
+    if is_real(value):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{where} is {value}; use None for a missing or undefined value")
         if fmt is None:
@@ -81,6 +79,16 @@ def format_value(value: Any, fmt: Format | None = None, *, where: str = "value")
 
 def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _cell(value: Any, fmt: Format | None, column: str, where: str) -> str:
+    """:func:`format_value` of a cell of ``column``; without ``fmt`` a float takes the
+    vocabulary's format of the column (``.4g`` for a column that is no metric and for a count,
+    whose mean over seeds is not a whole number)."""
+    if fmt is None and is_real(value) and not isinstance(value, (int, np.integer)):
+        spec = metric_format(column)
+        fmt = DEFAULT_FLOAT_FORMAT if spec.endswith("d") else spec
+    return format_value(value, fmt, where=where)
 
 
 def markdown_table(
@@ -97,7 +105,8 @@ def markdown_table(
         rows: the table rows; a row without a column's key shows ``—`` there.
         columns: the keys to show, in order.
         formats: per-column format (a ``format()`` spec like ``".3f"``, or a callable); see
-            :func:`format_value`.
+            :func:`format_value`. Default: ints in decimal; floats in the vocabulary's format
+            of the column (``bq_jax.vocabulary.metric_format``), ``.4g`` for other columns.
         headers: per-column header text (default: the key itself).
         align: per-column ``"left"`` or ``"right"``; default: right when every present value
             of the column is a number, else left.
@@ -139,9 +148,9 @@ def markdown_table(
         line = []
         for c in columns:
             v = row.get(c)
-            if v is not None and not _is_number(v):
+            if v is not None and not is_real(v):
                 numeric[c] = False
-            line.append(_escape(format_value(v, formats.get(c), where=f"rows[{i}][{c!r}]")))
+            line.append(_escape(_cell(v, formats.get(c), c, f"rows[{i}][{c!r}]")))
         cells.append(line)
     right = {c: align.get(c, "right" if numeric[c] else "left") == "right" for c in columns}
     head = [_escape(str(headers.get(c, c))) for c in columns]
@@ -182,7 +191,7 @@ def paper_comparison_rows(
     key: str | Sequence[str],
     metrics: Sequence[str],
     paper: Mapping[Any, Mapping[str, Any]] | None,
-    std_suffix: str = "_std",
+    std_suffix: str = STD_SUFFIX,
 ) -> list[dict[str, Any]]:
     """Rows with our value of each metric beside the paper's.
 
@@ -235,24 +244,24 @@ def paper_comparison_table(
     metrics: Sequence[str],
     paper: Mapping[Any, Mapping[str, Any]] | None,
     formats: Mapping[str, str] | None = None,
-    std_suffix: str = "_std",
+    std_suffix: str = STD_SUFFIX,
 ) -> str:
     """Markdown table: key column(s), then ``m (ours)`` and ``m (paper)`` for each metric.
 
     Our cell reads ``mean ± std`` when the row carries ``m_std`` (seeds); the paper's cell is
     ``—`` where the paper gives no value. See :func:`paper_comparison_rows` for the arguments;
-    ``formats`` maps a metric to a ``format()`` spec used for ours, the spread and the paper's.
+    ``formats`` maps a metric to a ``format()`` spec used for ours, the spread and the paper's
+    (default: the vocabulary's format of the metric, as in :func:`markdown_table`).
 
     Example:
+        >>> jd = "boundary_jaccard_distance"  # vocabulary format .3f
         >>> print(paper_comparison_table(
-        ...     [{"bits": 8, "boundary_jaccard": 0.41, "boundary_jaccard_std": 0.02},
-        ...      {"bits": 6, "boundary_jaccard": 0.6}],
-        ...     key="bits", metrics=["boundary_jaccard"], paper={8: {"boundary_jaccard": 0.428}},
-        ...     formats={"boundary_jaccard": ".3f"}), end="")
-        | bits | boundary_jaccard (ours) | boundary_jaccard (paper) |
-        | ---: | ----------------------: | -----------------------: |
-        |    8 |           0.410 ± 0.020 |                    0.428 |
-        |    6 |                   0.600 |                        — |
+        ...     [{"bits": 8, jd: 0.41, jd + "_std": 0.02}, {"bits": 6, jd: 0.6}],
+        ...     key="bits", metrics=[jd], paper={8: {jd: 0.428}}), end="")
+        | bits | boundary_jaccard_distance (ours) | boundary_jaccard_distance (paper) |
+        | ---: | -------------------------------: | --------------------------------: |
+        |    8 |                    0.410 ± 0.020 |                             0.428 |
+        |    6 |                            0.600 |                                 — |
     """
     keys = [key] if isinstance(key, str) else list(key)
     formats = dict(formats or {})
@@ -277,19 +286,17 @@ def paper_comparison_table(
         new = {k: row[k] for k in keys}
         for m in metrics:
             fmt = formats.get(m)
-            ours = format_value(row[m], fmt, where=f"rows[{i}][{m!r}]")
+            ours = _cell(row[m], fmt, m, f"rows[{i}][{m!r}]")
             std = row[m + std_suffix]
             if row[m] is not None and std is not None:
-                ours += " ± " + format_value(std, fmt, where=f"rows[{i}][{m + std_suffix!r}]")
+                ours += " ± " + _cell(std, fmt, m, f"rows[{i}][{m + std_suffix!r}]")
             new[m] = ours if row[m] is not None else None
-            new[m + "_paper"] = row[m + "_paper"]
+            new[m + "_paper"] = _cell(row[m + "_paper"], fmt, m, f"paper[{i}][{m!r}]")
         table_rows.append(new)
-    key_formats = {k: formats[k] for k in keys if k in formats}
-    paper_formats = {m + "_paper": formats[m] for m in metrics if m in formats}
     return markdown_table(
         table_rows,
         columns,
-        formats={**key_formats, **paper_formats},
+        formats={k: formats[k] for k in keys if k in formats},
         headers=headers,
         align={c: "right" for c in columns},
     )
@@ -388,7 +395,7 @@ class Report:
         <BLANKLINE>
         | bits | flip_rate |
         | ---: | --------: |
-        |    8 |         0 |
+        |    8 |    0.0000 |
     """
 
     def __init__(self, title: str, intro: str | None = None):
