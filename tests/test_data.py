@@ -72,10 +72,10 @@ def mock_images(request):
 
 # ------------------------------------------------------------------------------------ digits
 def test_digits_sizes_shapes_dtypes(digits):
-    assert digits.sizes == {"train": 1047, "calibration": 300, "test": 450}
+    assert digits.sizes == {"train": 1047, "calibration": 300, "heldout": 450}
     assert digits.input_shape == (64,) and digits.num_classes == 10
     assert digits.class_names == tuple(str(k) for k in range(10))
-    for split in ("train", "calibration", "test"):
+    for split in ("train", "calibration", "heldout"):
         x, y = digits.split(split)
         assert x.dtype == np.float32 and y.dtype == np.int32
         assert x.shape == (digits.sizes[split], 64) and y.shape == (digits.sizes[split],)
@@ -84,26 +84,26 @@ def test_digits_sizes_shapes_dtypes(digits):
     assert digits.seed == 0 and digits.split_seed == 0 and digits.subset is None
 
 
-def test_digits_test_split_is_sklearns_stratified_quarter(digits):
+def test_digits_heldout_split_is_sklearns_stratified_quarter(digits):
     d = load_digits()
     _, expected = train_test_split(
         np.arange(1797), test_size=0.25, stratify=d.target, random_state=0
     )
-    np.testing.assert_array_equal(digits.indices["test"], np.sort(expected))
-    np.testing.assert_array_equal(digits.y_test, d.target[np.sort(expected)])
+    np.testing.assert_array_equal(digits.indices["heldout"], np.sort(expected))
+    np.testing.assert_array_equal(digits.y_heldout, d.target[np.sort(expected)])
     # Stratified: every class within one example of its share of 450.
     share = 450 * np.bincount(d.target) / 1797
-    assert np.all(np.abs(_class_counts(digits.y_test) - share) <= 1)
+    assert np.all(np.abs(_class_counts(digits.y_heldout) - share) <= 1)
     # The held-out set does not depend on the training seed; the calibration draw does.
     other = load_dataset("digits", seed=1)
-    np.testing.assert_array_equal(other.indices["test"], digits.indices["test"])
-    np.testing.assert_array_equal(other.y_test, digits.y_test)
+    np.testing.assert_array_equal(other.indices["heldout"], digits.indices["heldout"])
+    np.testing.assert_array_equal(other.y_heldout, digits.y_heldout)
     assert not np.array_equal(other.indices["calibration"], digits.indices["calibration"])
 
 
 def test_digits_calibration_is_stratified_draw_from_training_pool(digits):
     d = load_digits()
-    pool = np.setdiff1d(np.arange(1797), digits.indices["test"])
+    pool = np.setdiff1d(np.arange(1797), digits.indices["heldout"])
     share = 300 * np.bincount(d.target[pool]) / pool.size
     assert np.all(np.abs(_class_counts(digits.y_calibration) - share) < 1)
     assert np.isin(digits.indices["calibration"], pool).all()
@@ -112,25 +112,27 @@ def test_digits_calibration_is_stratified_draw_from_training_pool(digits):
 def test_digits_splits_disjoint_by_index_and_content(digits):
     idx = digits.indices
     assert not np.intersect1d(idx["train"], idx["calibration"]).size
-    assert not np.intersect1d(idx["train"], idx["test"]).size
-    assert not np.intersect1d(idx["calibration"], idx["test"]).size
-    union = np.concatenate([idx["train"], idx["calibration"], idx["test"]])
+    assert not np.intersect1d(idx["train"], idx["heldout"]).size
+    assert not np.intersect1d(idx["calibration"], idx["heldout"]).size
+    union = np.concatenate([idx["train"], idx["calibration"], idx["heldout"]])
     np.testing.assert_array_equal(np.sort(union), np.arange(1797))
     # sklearn's digits has no duplicate images, so contents must be disjoint too.
-    rows = {s: {r.tobytes() for r in digits.split(s)[0]} for s in ("train", "calibration", "test")}
+    rows = {
+        s: {r.tobytes() for r in digits.split(s)[0]} for s in ("train", "calibration", "heldout")
+    }
     assert not rows["train"] & rows["calibration"]
-    assert not rows["train"] & rows["test"]
-    assert not rows["calibration"] & rows["test"]
+    assert not rows["train"] & rows["heldout"]
+    assert not rows["calibration"] & rows["heldout"]
 
 
 def test_digits_standardisation_matches_numpy_reference(digits):
     d = load_digits()
     raw = d.data
-    ref_train, ref_test, mean, std = _reference_standardise(
-        raw[digits.indices["train"]], raw[digits.indices["test"]], scale=1.0, axes=0
+    ref_train, ref_heldout, mean, std = _reference_standardise(
+        raw[digits.indices["train"]], raw[digits.indices["heldout"]], scale=1.0, axes=0
     )
     np.testing.assert_allclose(digits.x_train, ref_train, **F32)
-    np.testing.assert_allclose(digits.x_test, ref_test, **F32)
+    np.testing.assert_allclose(digits.x_heldout, ref_heldout, **F32)
     _, ref_cal, _, _ = _reference_standardise(
         raw[digits.indices["train"]], raw[digits.indices["calibration"]], scale=1.0, axes=0
     )
@@ -146,13 +148,15 @@ def test_digits_standardisation_matches_numpy_reference(digits):
     np.testing.assert_array_equal(digits.std[constant], 1.0)
     np.testing.assert_array_equal(x[:, constant], 0.0)
     # The stored statistics reproduce the arrays from raw inputs.
-    np.testing.assert_array_equal(digits.standardise(raw[digits.indices["test"]]), digits.x_test)
+    np.testing.assert_array_equal(
+        digits.standardise(raw[digits.indices["heldout"]]), digits.x_heldout
+    )
 
 
 def test_digits_determinism_and_fingerprint(digits):
     again = load_dataset("digits")
     assert again.fingerprint == digits.fingerprint
-    for split in ("train", "calibration", "test"):
+    for split in ("train", "calibration", "heldout"):
         np.testing.assert_array_equal(again.split(split)[0], digits.split(split)[0])
         np.testing.assert_array_equal(again.split(split)[1], digits.split(split)[1])
     # Pinned: the digits data, its splits and the preprocessing are stable across versions.
@@ -167,22 +171,22 @@ def test_digits_determinism_and_fingerprint(digits):
     assert len(prints) == 5
     assert all(len(p) == 16 and int(p, 16) >= 0 for p in prints)
     # split_seed moves the held-out set.
-    assert not np.array_equal(variants[1].indices["test"], digits.indices["test"])
+    assert not np.array_equal(variants[1].indices["heldout"], digits.indices["heldout"])
 
 
 def test_digits_subset_per_class(digits):
     data = load_dataset("digits", subset=(30, 10), seed=3)
     np.testing.assert_array_equal(_class_counts(data.y_train), 30)
-    np.testing.assert_array_equal(_class_counts(data.y_test), 10)
-    assert data.sizes == {"train": 300, "calibration": 300, "test": 100}
+    np.testing.assert_array_equal(_class_counts(data.y_heldout), 10)
+    assert data.sizes == {"train": 300, "calibration": 300, "heldout": 100}
     assert data.subset == (30, 10)
-    assert np.isin(data.indices["test"], digits.indices["test"]).all()
+    assert np.isin(data.indices["heldout"], digits.indices["heldout"]).all()
     assert not np.intersect1d(data.indices["train"], data.indices["calibration"]).size
-    assert not np.isin(data.indices["calibration"], digits.indices["test"]).any()
+    assert not np.isin(data.indices["calibration"], digits.indices["heldout"]).any()
     # The subset is fixed by split_seed: another training seed keeps train, redraws calibration.
     other = load_dataset("digits", subset=(30, 10), seed=4)
     np.testing.assert_array_equal(other.indices["train"], data.indices["train"])
-    np.testing.assert_array_equal(other.indices["test"], data.indices["test"])
+    np.testing.assert_array_equal(other.indices["heldout"], data.indices["heldout"])
     assert not np.array_equal(other.indices["calibration"], data.indices["calibration"])
 
 
@@ -207,8 +211,8 @@ def test_mock_images_shapes_dtypes(mock_images):
     data = mock_images
     shape = IMAGE_SETS[data.name]
     assert data.input_shape == shape and data.num_classes == 10
-    assert data.sizes == {"train": MOCK_N - MOCK_CAL, "calibration": MOCK_CAL, "test": MOCK_N}
-    for split in ("train", "calibration", "test"):
+    assert data.sizes == {"train": MOCK_N - MOCK_CAL, "calibration": MOCK_CAL, "heldout": MOCK_N}
+    for split in ("train", "calibration", "heldout"):
         x, y = data.split(split)
         assert x.shape == (data.sizes[split], *shape)  # NHWC
         assert x.dtype == np.float32 and y.dtype == np.int32
@@ -225,8 +229,8 @@ def test_mock_images_train_standardised_per_channel(mock_images):
     np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1.0, atol=1e-5)
     # Raw pixels are in [0, 255]: the channel mean lies in [0, 1] after scaling.
     assert np.all((data.mean > 0) & (data.mean < 1)) and np.all(data.std > 0)
-    # Calibration and test use the train statistics, so they are not exactly standardised.
-    assert abs(data.x_test.astype(np.float64).mean()) > 1e-6
+    # Calibration and held-out use the train statistics, so they are not exactly standardised.
+    assert abs(data.x_heldout.astype(np.float64).mean()) > 1e-6
 
 
 def test_mock_images_splits_disjoint_by_index(mock_images):
@@ -235,8 +239,8 @@ def test_mock_images_splits_disjoint_by_index(mock_images):
     np.testing.assert_array_equal(
         np.sort(np.concatenate([idx["train"], idx["calibration"]])), np.arange(MOCK_N)
     )
-    # The test split is the official tfds test split, a different source.
-    np.testing.assert_array_equal(idx["test"], np.arange(MOCK_N))
+    # The held-out split is the official tfds test split, a different source.
+    np.testing.assert_array_equal(idx["heldout"], np.arange(MOCK_N))
 
 
 def test_mock_images_deterministic_per_seed(mock_images):
@@ -248,14 +252,14 @@ def test_mock_images_deterministic_per_seed(mock_images):
     other = _load_mock(name, seed=1)
     assert other.fingerprint != mock_images.fingerprint
     assert not np.array_equal(other.indices["calibration"], mock_images.indices["calibration"])
-    np.testing.assert_array_equal(other.indices["test"], mock_images.indices["test"])
+    np.testing.assert_array_equal(other.indices["heldout"], mock_images.indices["heldout"])
 
 
 def test_mock_images_int_subset_per_class(mock_images):
     data = _load_mock(mock_images.name, subset=(6, 4), calibration_size=20)
     np.testing.assert_array_equal(_class_counts(data.y_train), 6)
-    np.testing.assert_array_equal(_class_counts(data.y_test), 4)
-    assert data.sizes == {"train": 60, "calibration": 20, "test": 40}
+    np.testing.assert_array_equal(_class_counts(data.y_heldout), 4)
+    assert data.sizes == {"train": 60, "calibration": 20, "heldout": 40}
     assert not np.intersect1d(data.indices["train"], data.indices["calibration"]).size
     x = data.x_train.astype(np.float64)
     np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-6)
@@ -264,8 +268,8 @@ def test_mock_images_int_subset_per_class(mock_images):
 def test_mock_named_subset_tiny():
     data = _load_mock("mnist", num_examples=1500, subset="tiny", calibration_size=50)
     np.testing.assert_array_equal(_class_counts(data.y_train), 100)
-    np.testing.assert_array_equal(_class_counts(data.y_test), 20)
-    assert data.sizes == {"train": 1000, "calibration": 50, "test": 200}
+    np.testing.assert_array_equal(_class_counts(data.y_heldout), 20)
+    assert data.sizes == {"train": 1000, "calibration": 50, "heldout": 200}
     assert not np.intersect1d(data.indices["train"], data.indices["calibration"]).size
 
 
@@ -322,16 +326,16 @@ def _prepare_array_record(data_dir, name, n_train, n_test, seed=0):
 def test_array_record_files_read_pixel_exact_without_mock(tmp_path, name):
     written, version_dir = _prepare_array_record(tmp_path, name, 60, 30)
     data = load_dataset(name, data_dir=tmp_path, calibration_size=10, progress=False)
-    (x_pool, y_pool), (x_test, y_test) = written["train"], written["test"]
+    (x_pool, y_pool), (x_heldout, y_heldout) = written["train"], written["test"]
     idx = data.indices
     np.testing.assert_array_equal(data.y_train, y_pool[idx["train"]])
     np.testing.assert_array_equal(data.y_calibration, y_pool[idx["calibration"]])
-    np.testing.assert_array_equal(data.y_test, y_test)
-    ref_train, ref_test, mean, std = _reference_standardise(
-        x_pool[idx["train"]], x_test, scale=1 / 255, axes=(0, 1, 2)
+    np.testing.assert_array_equal(data.y_heldout, y_heldout)
+    ref_train, ref_heldout, mean, std = _reference_standardise(
+        x_pool[idx["train"]], x_heldout, scale=1 / 255, axes=(0, 1, 2)
     )
     np.testing.assert_allclose(data.x_train, ref_train, **F32)
-    np.testing.assert_allclose(data.x_test, ref_test, **F32)
+    np.testing.assert_allclose(data.x_heldout, ref_heldout, **F32)
     np.testing.assert_allclose(data.mean, mean, **F32)
     np.testing.assert_allclose(data.std, std, **F32)
     # The decoded arrays are cached next to the files; a cached load is identical.
@@ -344,7 +348,7 @@ def test_array_record_files_read_pixel_exact_without_mock(tmp_path, name):
     for other in (cached, uncached):
         assert other.fingerprint == data.fingerprint
         np.testing.assert_array_equal(other.x_train, data.x_train)
-        np.testing.assert_array_equal(other.x_test, data.x_test)
+        np.testing.assert_array_equal(other.x_heldout, data.x_heldout)
 
 
 def test_array_record_stale_cache_is_ignored(tmp_path):
@@ -432,7 +436,7 @@ def test_unknown_name_lists_known_names():
         ({"subset": "huge"}, ValueError, "unknown subset 'huge'"),
         ({"subset": 0}, ValueError, r"subset must be an int >= 1"),
         ({"subset": (1, 2, 3)}, ValueError, "subset must be None"),
-        ({"subset": (5, 0)}, ValueError, r"subset\[1\] \(test per class\) must be an int >= 1"),
+        ({"subset": (5, 0)}, ValueError, r"subset\[1\] \(heldout per class\) must be an int >= 1"),
         ({"subset": (100, None), "calibration_size": 400}, ValueError, "outside the subset"),
         ({"data_dir": 123}, TypeError, "data_dir must be a str"),
     ],
@@ -473,7 +477,7 @@ def test_validate_split_accepts_good_arrays_and_checks_num_classes():
     assert validate_split(jax.numpy.asarray(x), y, num_classes=3, name="train") is None
     with pytest.raises(TypeError, match="num_classes must be an int"):
         validate_split(x, y, num_classes=3.0, name="train")
-    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
         validate_split(x, y, num_classes=0, name="train")
 
 
@@ -485,8 +489,8 @@ def _dataset(**overrides):
         y_train=y,
         x_calibration=x,
         y_calibration=y,
-        x_test=x,
-        y_test=y,
+        x_heldout=x,
+        y_heldout=y,
         num_classes=3,
         input_shape=(3,),
         fingerprint="0123456789abcdef",
@@ -499,8 +503,10 @@ def test_dataset_validates_its_splits():
     x, y = _xy()
     bad_x = x.copy()
     bad_x[2, 1] = np.nan
-    with pytest.raises(ValueError, match=r"split 'test': x contains 1 NaN/inf values .*example 2"):
-        _dataset(x_test=bad_x)
+    with pytest.raises(
+        ValueError, match=r"split 'heldout': x contains 1 NaN/inf values .*example 2"
+    ):
+        _dataset(x_heldout=bad_x)
     with pytest.raises(ValueError, match=r"split 'train': 1 labels outside \[0, 2\)"):
         _dataset(num_classes=2)
     with pytest.raises(ValueError, match=r"split 'calibration' is empty"):
@@ -510,7 +516,7 @@ def test_dataset_validates_its_splits():
     with pytest.raises(ValueError, match="fingerprint must be a non-empty str"):
         _dataset(fingerprint="")
     with pytest.raises(ValueError, match="split must be one of"):
-        _dataset().split("heldout")
+        _dataset().split("test")
 
 
 def test_dataset_is_frozen_and_read_only():
@@ -600,6 +606,6 @@ def test_one_epoch_training_smoke(name):
     variables, history = train_with_history(model, data, config, jax.random.key(0), progress=False)
     assert history["epoch"] == [1] and history["steps_per_epoch"] == data.sizes["train"] // 16
     assert np.isfinite(history["train_loss"]).all()
-    logits = np.asarray(jax.jit(model.apply_fn)(variables, data.x_test))
-    assert logits.shape == (data.sizes["test"], data.num_classes)
+    logits = np.asarray(jax.jit(model.apply_fn)(variables, data.x_heldout))
+    assert logits.shape == (data.sizes["heldout"], data.num_classes)
     assert np.isfinite(logits).all()

@@ -289,13 +289,13 @@ def test_unknown_name_lists_known_names():
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="unknown hyperparameter.*widht.*accepted: width"):
         make_model("mlp", num_classes=10, input_shape=(64,), widht=3)
-    with pytest.raises(ValueError, match="width must be >= 1"):
+    with pytest.raises(ValueError, match="width must be an int >= 1"):
         make_model("mlp", num_classes=10, input_shape=(64,), width=0)
-    with pytest.raises(ValueError, match="dropout must lie in"):
+    with pytest.raises(ValueError, match=r"dropout must be a finite number in \[0.0, 1.0\)"):
         make_model("cnn", num_classes=10, input_shape=(28, 28, 1), dropout=1.0)
     with pytest.raises(ValueError, match="stage_features must be a non-empty tuple"):
         make_model("resnet", num_classes=10, input_shape=(32, 32, 3), stage_features=())
-    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
         make_model("mlp", num_classes=1, input_shape=(64,))
 
 

@@ -28,7 +28,9 @@ def _problem(dtype=jnp.float32, hidden=6):
     x = jnp.asarray(rng.normal(size=(40, 4)), dtype)
     y = jnp.asarray(rng.randint(0, 3, size=40), jnp.int32)
     module = _Tiny(hidden)
-    params = jax.jit(module.init)(jax.random.key(0), x)["params"]
+    # float32 initial values (the same for every dtype), then cast: flax would refuse to mix
+    # float32 params with float64 inputs under strict promotion.
+    params = jax.jit(module.init)(jax.random.key(0), x.astype(jnp.float32))["params"]
     params = jax.jit(lambda p: jax.tree.map(lambda a: a.astype(dtype), p))(params)
 
     def loss(p):

@@ -1,10 +1,10 @@
-"""Data sets with fixed train / calibration / held-out test splits, as the model sees them.
+"""Data sets with fixed train / calibration / held-out splits, as the model sees them.
 
 ``load_dataset(name, *, data_dir=None, seed=0, split_seed=0, calibration_size=None,
 subset=None)`` returns a frozen :class:`Dataset` with float32 inputs ``x_*`` (standardised;
 images NHWC), int32 labels ``y_*``, ``num_classes``, ``input_shape`` and a ``fingerprint``.
 
-Data sets (:data:`DATASETS`) and their default splits (train / calibration / test):
+Data sets (:data:`DATASETS`) and their default splits (train / calibration / heldout):
 
 ========================  ==========================  =====================  =====================
 name                      source                      raw input              splits
@@ -17,17 +17,17 @@ name                      source                      raw input              spl
 
 Seeds:
 
-* ``split_seed`` (default 0) fixes what every study shares: the digits held-out test split
+* ``split_seed`` (default 0) fixes what every study shares: the digits held-out split
   (stratified 25 % = 450 of 1797, sklearn ``train_test_split(random_state=split_seed)``) and
-  the subset draws. The image data sets use the official tfds ``test`` split.
+  the subset draws. The image data sets hold out the official tfds ``test`` split.
 * ``seed`` (default 0, the training seed) draws the calibration set, stratified by class,
-  from the training pool (never from test data); without a subset the rest is train.
+  from the training pool (never from held-out data); without a subset the rest is train.
 
 Subsets (:data:`SUBSETS`, drawn with ``split_seed``): ``subset="tiny"`` is 100 training and
-20 test examples per class, ``subset="small"`` (the reduced "official subset" benchmark) is
-500 and 100 per class; an int ``k`` is k training examples per class with the full test set,
-and a pair ``(k_train, k_test)`` sets both. The calibration draw then comes from the training
-pool outside the subset.
+20 held-out examples per class, ``subset="small"`` (the reduced "official subset" benchmark)
+is 500 and 100 per class; an int ``k`` is k training examples per class with the full
+held-out set, and a pair ``(k_train, k_heldout)`` sets both. The calibration draw then comes
+from the training pool outside the subset.
 
 Preprocessing: ``x = (raw * input_scale - mean) / std`` with statistics of the train split only
 (per feature for digits, per channel after scaling pixels to [0, 1] for images); a feature
@@ -39,12 +39,13 @@ that prepares them (``tfds build mnist --data_dir=DIR --file_format=array_record
 step that needs TensorFlow and the network).
 
 :func:`validate_split` is the check every consumer of ``(x, y)`` arrays shares (training, PTQ
-calibration); :func:`batches` iterates minibatches shuffled with a JAX key.
+calibration); :func:`batches` / :func:`batch_indices` cut shuffled minibatches (the one
+batching rule of float training and QAT: ``permutation(fold_in(key, epoch), N)`` in chunks).
 
 Example:
     >>> from bq_jax.data import load_dataset
     >>> data = load_dataset("digits")
-    >>> data.x_train.shape, data.y_test.shape, data.num_classes
+    >>> data.x_train.shape, data.y_heldout.shape, data.num_classes
     ((1047, 64), (450,), 10)
 """
 

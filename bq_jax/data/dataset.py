@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from bq_jax._src.checks import check_choice, check_int
+from bq_jax.vocabulary import SPLITS
+
 __all__ = [
     "SPLITS",
     "DataUnavailableError",
@@ -23,8 +26,6 @@ __all__ = [
     "validate_split",
 ]
 
-#: Split names, in the order a :class:`Dataset` stores them.
-SPLITS = ("train", "calibration", "test")
 # Bumped whenever the fingerprint's byte stream changes meaning, so old checkpoints are refused.
 _FINGERPRINT_VERSION = 1
 
@@ -66,10 +67,7 @@ def validate_split(x, y, *, num_classes: int, name: str, input_shape: Sequence[i
         >>> validate_split(np.zeros((4, 2), np.float32), np.array([0, 1, 2, 0]),
         ...                num_classes=3, name="train")
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = check_int("num_classes", num_classes, 1)
     xa = np.asarray(x)
     ya = np.asarray(y)
     where = f"split {name!r}"
@@ -137,8 +135,8 @@ def fingerprint_of(parts: Mapping[str, object]) -> str:
         16 lowercase hex characters.
 
     Example:
-        >>> fingerprint_of({"indices": np.arange(3), "seed": 0})  # doctest: +SKIP
-        '3f1c...'
+        >>> fingerprint_of({"indices": np.arange(3), "name": "digits"})
+        '8b4e6742fe2f2e92'
     """
     h = hashlib.blake2b(digest_size=8)
     _update(h, "fingerprint_version", _FINGERPRINT_VERSION)
@@ -159,15 +157,16 @@ def _frozen(a, dtype) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Dataset:
-    """One data set's fixed train / calibration / held-out test splits, as the model sees them.
+    """One data set's fixed train / calibration / held-out splits, as the model sees them.
 
     ``x_*`` are float32 ``[N, *input_shape]`` (images NHWC) after standardisation
     ``x = (raw * input_scale - mean) / std``; ``y_*`` are int32 in ``[0, num_classes)``. Arrays
     are read-only. Construction validates every split (:func:`validate_split`).
 
     Example:
-        >>> data = load_dataset("digits")  # from bq_jax.data
-        >>> data.x_train.shape, data.x_test.shape
+        >>> from bq_jax.data import load_dataset
+        >>> data = load_dataset("digits")
+        >>> data.x_train.shape, data.x_heldout.shape
         ((1047, 64), (450, 64))
     """
 
@@ -177,14 +176,14 @@ class Dataset:
     x_train: np.ndarray
     # Training labels int32[N_train].
     y_train: np.ndarray
-    # Calibration inputs (drawn from the training data, never from test): PTQ ranges, margins.
+    # Calibration inputs (drawn from the training data, never from held-out): PTQ ranges, margins.
     x_calibration: np.ndarray
     # Calibration labels int32[N_calibration].
     y_calibration: np.ndarray
-    # Held-out test inputs float32[N_test, *input_shape].
-    x_test: np.ndarray
-    # Held-out test labels int32[N_test].
-    y_test: np.ndarray
+    # Held-out inputs float32[N_heldout, *input_shape] (results are judged on them).
+    x_heldout: np.ndarray
+    # Held-out labels int32[N_heldout].
+    y_heldout: np.ndarray
     # Number of classes K.
     num_classes: int
     # Per-example input shape, e.g. (64,) or (28, 28, 1).
@@ -203,9 +202,9 @@ class Dataset:
     indices: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     # Seed of the calibration draw (None when the splits were not drawn by load_dataset).
     seed: int | None = None
-    # Seed of the fixed splits: the digits test split and the subset draws.
+    # Seed of the fixed splits: the digits held-out split and the subset draws.
     split_seed: int | None = None
-    # (train_per_class, test_per_class or None) of the subset, None for the full data.
+    # (train_per_class, heldout_per_class or None) of the subset, None for the full data.
     subset: tuple[int, int | None] | None = None
     # Where the raw data came from, e.g. "sklearn.datasets.load_digits" or "tfds:mnist:3.0.1".
     source: str = ""
@@ -213,18 +212,14 @@ class Dataset:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty str, got {self.name!r}")
-        k = self.num_classes
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"num_classes must be an int, got {type(self.num_classes).__name__}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        num_classes = check_int("num_classes", self.num_classes, 1)
         shape = tuple(int(d) for d in self.input_shape)
         if not shape or any(d < 1 for d in shape):
             raise ValueError(f"input_shape must be a non-empty tuple of sizes >= 1, got {shape}")
         if not isinstance(self.fingerprint, str) or not self.fingerprint:
             raise ValueError(f"fingerprint must be a non-empty str, got {self.fingerprint!r}")
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        set_("num_classes", int(self.num_classes))
+        set_("num_classes", num_classes)
         set_("input_shape", shape)
         for split in SPLITS:
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
@@ -245,14 +240,13 @@ class Dataset:
         set_("indices", {k: _frozen(v, np.int64) for k, v in dict(self.indices).items()})
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)`` of split ``name``: ``"train"``, ``"calibration"`` or ``"test"``."""
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        """``(x, y)`` of split ``name``: ``"train"``, ``"calibration"`` or ``"heldout"``."""
+        check_choice("split", name, SPLITS)
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     @property
     def sizes(self) -> dict[str, int]:
-        """Examples per split, e.g. ``{"train": 1047, "calibration": 300, "test": 450}``."""
+        """Examples per split, e.g. ``{"train": 1047, "calibration": 300, "heldout": 450}``."""
         return {s: int(getattr(self, f"y_{s}").shape[0]) for s in SPLITS}
 
     def standardise(self, raw) -> np.ndarray:

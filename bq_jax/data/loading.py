@@ -1,4 +1,5 @@
-"""``load_dataset``: raw data -> fixed train / calibration / test splits -> standardised arrays.
+"""``load_dataset``: raw data -> fixed train / calibration / held-out splits -> standardised
+arrays.
 
 See the package docstring (:mod:`bq_jax.data`) for the split sizes, the seeds and the subsets.
 """
@@ -9,12 +10,13 @@ import os
 
 import numpy as np
 
+from bq_jax._src.checks import check_int
 from bq_jax.data.dataset import Dataset, fingerprint_of, standardise, validate_split
 from bq_jax.data.sources import load_digits_raw, load_tfds_raw
 from bq_jax.data.splits import (
     MIN_STD,
     STREAM_CALIBRATION,
-    STREAM_SUBSET_TEST,
+    STREAM_SUBSET_HELDOUT,
     STREAM_SUBSET_TRAIN,
     fit_standardisation,
     per_class_sample,
@@ -35,25 +37,18 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 #: ~1000 images; AdaRound uses 1024), under 2 % of the 50000/60000-example pools.
 DEFAULT_CALIBRATION_SIZE = {"digits": 300, "mnist": 1000, "fashion_mnist": 1000, "cifar10": 1000}
 
-#: Named subsets: name -> (train examples per class, test examples per class).
-#: "tiny" (1000 train / 200 test for 10 classes) is for smoke runs; "small" (5000 / 1000) is
+#: Named subsets: name -> (train examples per class, held-out examples per class).
+#: "tiny" (1000 train / 200 held-out for 10 classes) is for smoke runs; "small" (5000 / 1000) is
 #: the reduced benchmark (the "official subsets" of the studies). Both draws use split_seed.
 SUBSETS = {"tiny": (100, 20), "small": (500, 100)}
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return int(value)
-
-
 def resolve_subset(subset) -> tuple[int, int | None] | None:
-    """Normalises a ``subset`` argument to ``(train_per_class, test_per_class or None)``.
+    """Normalises a ``subset`` argument to ``(train_per_class, heldout_per_class or None)``.
 
     Accepted: None (full data); a name in :data:`SUBSETS`; an int ``k`` (k training examples
-    per class, full test set); a pair ``(k_train, k_test)`` with ``k_test`` an int or None.
+    per class, full held-out set); a pair ``(k_train, k_heldout)`` with ``k_heldout`` an int or
+    None.
 
     Example:
         >>> resolve_subset("small"), resolve_subset(20), resolve_subset((20, 5))
@@ -61,7 +56,7 @@ def resolve_subset(subset) -> tuple[int, int | None] | None:
     """
     accepted = (
         f"None, one of {sorted(SUBSETS)}, an int (examples per class in train) or a pair "
-        "(train_per_class, test_per_class or None)"
+        "(train_per_class, heldout_per_class or None)"
     )
     if subset is None:
         return None
@@ -70,13 +65,13 @@ def resolve_subset(subset) -> tuple[int, int | None] | None:
             raise ValueError(f"unknown subset {subset!r}; accepted: {accepted}")
         return SUBSETS[subset]
     if isinstance(subset, (int, np.integer)) and not isinstance(subset, bool):
-        return (_check_int("subset", subset, 1), None)
+        return (check_int("subset", subset, 1), None)
     if isinstance(subset, (tuple, list)) and len(subset) == 2:
-        k_train = _check_int("subset[0] (train per class)", subset[0], 1)
-        k_test = subset[1]
-        if k_test is not None:
-            k_test = _check_int("subset[1] (test per class)", k_test, 1)
-        return (k_train, k_test)
+        k_train = check_int("subset[0] (train per class)", subset[0], 1)
+        k_heldout = subset[1]
+        if k_heldout is not None:
+            k_heldout = check_int("subset[1] (heldout per class)", k_heldout, 1)
+        return (k_train, k_heldout)
     raise ValueError(f"subset must be {accepted}; got {subset!r}")
 
 
@@ -91,19 +86,21 @@ def load_dataset(
     progress: bool = True,
     cache: bool = True,
 ) -> Dataset:
-    """Loads data set ``name`` with fixed train / calibration / held-out test splits.
+    """Loads data set ``name`` with fixed train / calibration / held-out splits.
 
     Splits (indices are drawn with numpy generators, see :mod:`bq_jax.data.splits`):
 
-    * test: digits — ``train_test_split(test_size=0.25, stratify=y, random_state=split_seed)``
+    * heldout: digits — ``train_test_split(test_size=0.25, stratify=y, random_state=split_seed)``
       of sklearn's 1797 digits (450 examples); images — the official tfds ``test`` split
       (10000). Fixed by ``split_seed`` alone, so every training seed shares one held-out set.
     * calibration: ``calibration_size`` examples drawn, stratified by class, from the training
-      pool (1347 digits, or the official tfds ``train`` split) with ``seed``. Never test data.
+      pool (1347 digits, or the official tfds ``train`` split) with ``seed``. Never held-out
+      data.
     * train: the rest of the training pool. With a subset, train is instead exactly
       ``k_train`` examples per class drawn from the pool with ``split_seed`` (independent of
       ``seed``), the calibration draw comes from the pool examples outside it, and with a
-      ``k_test`` the test set is ``k_test`` per class of the test split (``split_seed``).
+      ``k_heldout`` the held-out set is ``k_heldout`` per class of the held-out split
+      (``split_seed``).
 
     Preprocessing: ``x = (raw * input_scale - mean) / std`` with mean/std of the *train*
     split only — per feature for digits (raw 0..16, ``input_scale`` 1), per channel for images
@@ -119,11 +116,13 @@ def load_dataset(
         data_dir: tfds data directory for the image data sets (None: ``$TFDS_DATA_DIR`` or
             ``~/tensorflow_datasets``); ignored for digits (bundled with sklearn).
         seed: seed of the calibration draw (>= 0).
-        split_seed: seed of the fixed splits: the digits test split and the subset draws (>= 0).
+        split_seed: seed of the fixed splits: the digits held-out split and the subset draws
+            (>= 0).
         calibration_size: calibration examples (>= 1); None: :data:`DEFAULT_CALIBRATION_SIZE`
             (300 for digits, 1000 for the image data sets).
         subset: None for the full data, or see :func:`resolve_subset` / :data:`SUBSETS`
-            (``"tiny"`` = 100 / 20 per class, ``"small"`` = 500 / 100 per class in train / test).
+            (``"tiny"`` = 100 / 20 per class, ``"small"`` = 500 / 100 per class in train /
+            held-out).
         progress: show a progress bar while reading tfds records.
         cache: keep / reuse the decoded uint8 arrays of a prepared tfds data set in its
             version folder (``bq_jax-arrays-{train,test}.npz``), so later loads skip image
@@ -132,7 +131,7 @@ def load_dataset(
     Returns:
         A :class:`Dataset`. Split sizes without a subset and with default calibration:
         digits 1047 / 300 / 450; mnist, fashion_mnist 59000 / 1000 / 10000;
-        cifar10 49000 / 1000 / 10000 (train / calibration / test).
+        cifar10 49000 / 1000 / 10000 (train / calibration / heldout).
 
     Raises:
         ValueError: unknown name, bad seed / size / subset, a split that would be empty, or
@@ -143,15 +142,15 @@ def load_dataset(
     Example:
         >>> data = load_dataset("digits", seed=0)
         >>> data.sizes
-        {'train': 1047, 'calibration': 300, 'test': 450}
+        {'train': 1047, 'calibration': 300, 'heldout': 450}
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}")
-    seed = _check_int("seed", seed, 0)
-    split_seed = _check_int("split_seed", split_seed, 0)
+    seed = check_int("seed", seed, 0)
+    split_seed = check_int("split_seed", split_seed, 0)
     if calibration_size is None:
         calibration_size = DEFAULT_CALIBRATION_SIZE[name]
-    calibration_size = _check_int("calibration_size", calibration_size, 1)
+    calibration_size = check_int("calibration_size", calibration_size, 1)
     subset = resolve_subset(subset)
     if data_dir is not None:
         if not isinstance(data_dir, str) and not hasattr(data_dir, "__fspath__"):
@@ -167,12 +166,12 @@ def load_dataset(
         input_scale, axes = 1.0 / 255.0, "channel"
     k = raw.num_classes
     validate_split(raw.x_pool, raw.y_pool, num_classes=k, name=f"{name} raw training pool")
-    validate_split(raw.x_test, raw.y_test, num_classes=k, name=f"{name} raw test")
+    validate_split(raw.x_heldout, raw.y_heldout, num_classes=k, name=f"{name} raw heldout")
 
     pool = np.arange(raw.y_pool.shape[0], dtype=np.int64)
-    test = np.arange(raw.y_test.shape[0], dtype=np.int64)
+    heldout = np.arange(raw.y_heldout.shape[0], dtype=np.int64)
     if subset is not None:
-        k_train, k_test = subset
+        k_train, k_heldout = subset
         train = per_class_sample(
             pool,
             raw.y_pool,
@@ -182,14 +181,14 @@ def load_dataset(
             what=f"the {name} training pool",
         )
         candidates = np.setdiff1d(pool, train)
-        if k_test is not None:
-            test = per_class_sample(
-                test,
-                raw.y_test,
-                k_test,
+        if k_heldout is not None:
+            heldout = per_class_sample(
+                heldout,
+                raw.y_heldout,
+                k_heldout,
                 k,
-                rng_for(split_seed, STREAM_SUBSET_TEST),
-                what=f"the {name} test split",
+                rng_for(split_seed, STREAM_SUBSET_HELDOUT),
+                what=f"the {name} held-out split",
             )
     else:
         train, candidates = None, pool
@@ -218,19 +217,21 @@ def load_dataset(
     indices = {
         "train": raw.pool_indices[train],
         "calibration": raw.pool_indices[calibration],
-        "test": raw.test_indices[test],
+        "heldout": raw.heldout_indices[heldout],
     }
+    # The part names predate the split's rename to "heldout"; they are kept so that the
+    # fingerprint (and every checkpoint that stores it) stays the same.
     fingerprint = fingerprint_of(
         {
             "name": name,
             "source": raw.source,
             "raw_pool_x": raw.x_pool,
             "raw_pool_y": raw.y_pool,
-            "raw_test_x": raw.x_test,
-            "raw_test_y": raw.y_test,
+            "raw_test_x": raw.x_heldout,
+            "raw_test_y": raw.y_heldout,
             "train_indices": indices["train"],
             "calibration_indices": indices["calibration"],
-            "test_indices": indices["test"],
+            "test_indices": indices["heldout"],
             "preprocessing": ("standardise", axes, repr(input_scale), MIN_STD, "train split"),
         }
     )
@@ -240,8 +241,8 @@ def load_dataset(
         y_train=raw.y_pool[train],
         x_calibration=prepared(raw.x_pool[calibration]),
         y_calibration=raw.y_pool[calibration],
-        x_test=prepared(raw.x_test[test]),
-        y_test=raw.y_test[test],
+        x_heldout=prepared(raw.x_heldout[heldout]),
+        y_heldout=raw.y_heldout[heldout],
         num_classes=k,
         input_shape=raw.x_pool.shape[1:],
         fingerprint=fingerprint,

@@ -46,13 +46,13 @@ class RawData:
     x_pool: np.ndarray
     # Training pool labels int64[N_pool].
     y_pool: np.ndarray
-    # Held-out test inputs in raw units.
-    x_test: np.ndarray
-    # Held-out test labels int64[N_test].
-    y_test: np.ndarray
-    # Indices of the pool / test examples into their source arrays (see Dataset.indices).
+    # Held-out inputs in raw units (digits: the stratified 25 %; images: tfds's "test" split).
+    x_heldout: np.ndarray
+    # Held-out labels int64[N_heldout].
+    y_heldout: np.ndarray
+    # Indices of the pool / held-out examples into their source arrays (see Dataset.indices).
     pool_indices: np.ndarray
-    test_indices: np.ndarray
+    heldout_indices: np.ndarray
     # Number of classes K.
     num_classes: int
     # Class names, one per label.
@@ -64,7 +64,7 @@ class RawData:
 def load_digits_raw(*, split_seed: int) -> RawData:
     """sklearn's 8x8 digits (1797 examples, 64 features 0..16, bundled: no download).
 
-    The held-out test set is ``train_test_split(..., test_size=0.25, stratify=y,
+    The held-out set is ``train_test_split(..., test_size=0.25, stratify=y,
     random_state=split_seed)``: 450 examples (25 %, rounded up), every class in proportion.
     The remaining 1347 examples form the training pool.
     """
@@ -74,17 +74,17 @@ def load_digits_raw(*, split_seed: int) -> RawData:
     digits = load_digits()
     x = np.asarray(digits.data, np.float64)
     y = np.asarray(digits.target, np.int64)
-    pool_idx, test_idx = train_test_split(
+    pool_idx, heldout_idx = train_test_split(
         np.arange(y.shape[0]), test_size=0.25, stratify=y, random_state=split_seed
     )
-    pool_idx, test_idx = np.sort(pool_idx), np.sort(test_idx)
+    pool_idx, heldout_idx = np.sort(pool_idx), np.sort(heldout_idx)
     return RawData(
         x_pool=x[pool_idx],
         y_pool=y[pool_idx],
-        x_test=x[test_idx],
-        y_test=y[test_idx],
+        x_heldout=x[heldout_idx],
+        y_heldout=y[heldout_idx],
         pool_indices=pool_idx,
-        test_indices=test_idx,
+        heldout_indices=heldout_idx,
         num_classes=10,
         class_names=tuple(str(c) for c in digits.target_names),
         source="sklearn.datasets.load_digits",
@@ -180,7 +180,8 @@ def _save_cache(path: str, x: np.ndarray, y: np.ndarray) -> None:
 def load_tfds_raw(
     name: str, *, data_dir: str | None, progress: bool, cache: bool = True
 ) -> RawData:
-    """Reads the official ``train`` (pool) and ``test`` splits of tfds data set ``name``.
+    """Reads the official ``train`` (pool) and ``test`` (held-out) splits of tfds data set
+    ``name``.
 
     With ``cache``, the decoded uint8 arrays of a prepared data set are kept next to its
     ArrayRecord files (``bq_jax-arrays-{split}.npz`` in the tfds version folder), so later
@@ -230,14 +231,14 @@ def load_tfds_raw(
         arrays[s] = _read_split(src, image_shape=image_shape, what=f"{name} {s}", progress=progress)
         if use_cache:
             _save_cache(path, *arrays[s])
-    (x_pool, y_pool), (x_test, y_test) = arrays["train"], arrays["test"]
+    (x_pool, y_pool), (x_heldout, y_heldout) = arrays["train"], arrays["test"]
     return RawData(
         x_pool=x_pool,
         y_pool=y_pool,
-        x_test=x_test,
-        y_test=y_test,
+        x_heldout=x_heldout,
+        y_heldout=y_heldout,
         pool_indices=np.arange(y_pool.shape[0], dtype=np.int64),
-        test_indices=np.arange(y_test.shape[0], dtype=np.int64),
+        heldout_indices=np.arange(y_heldout.shape[0], dtype=np.int64),
         num_classes=int(label.num_classes),
         class_names=tuple(label.names),
         source=f"tfds:{base}:{builder.version}",

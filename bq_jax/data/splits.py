@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = [
     "STREAM_CALIBRATION",
-    "STREAM_SUBSET_TEST",
+    "STREAM_SUBSET_HELDOUT",
     "STREAM_SUBSET_TRAIN",
     "fit_standardisation",
     "per_class_sample",
@@ -24,7 +24,7 @@ __all__ = [
 # Stream numbers of the independent draws made from one seed.
 STREAM_CALIBRATION = 1
 STREAM_SUBSET_TRAIN = 2
-STREAM_SUBSET_TEST = 3
+STREAM_SUBSET_HELDOUT = 3
 # A feature (digits) or channel (images) whose train std is below this is constant: its scale
 # is 1, so it maps to raw - mean (0 on train) instead of dividing by ~0. Raw inputs are
 # quantised with a step >= 1/255 after scaling, so any varying feature over N <= 10^6

@@ -15,28 +15,28 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bq_jax._src.checks import check_float, check_int
+
 __all__ = ["CNN", "MLP", "CNNConfig", "MLPConfig", "ResNet", "ResNetConfig", "ResidualBlock"]
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+def _set_int(config, name: str, low: int) -> None:
+    """Checks field ``name`` of a frozen config and stores it as a Python int."""
+    object.__setattr__(config, name, check_int(name, getattr(config, name), low))
 
 
-def _check_features(name: str, value) -> None:
-    if not isinstance(value, tuple) or not value:
+def _set_features(config, name: str) -> None:
+    """Checks a tuple-of-channels field (a list is accepted) and stores it as a tuple of ints."""
+    value = getattr(config, name)
+    if not isinstance(value, tuple | list) or not value:
         raise ValueError(f"{name} must be a non-empty tuple of ints >= 1, got {value!r}")
-    for v in value:
-        _check_int(f"{name}[i]", v, 1)
+    object.__setattr__(config, name, tuple(check_int(f"{name}[i]", v, 1) for v in value))
 
 
-def _check_rate(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+def _set_rate(config, name: str) -> None:
+    """Checks a rate field in [0, 1) and stores it as a Python float."""
+    value = check_float(name, getattr(config, name), low=0.0, high=1.0, open_high=True)
+    object.__setattr__(config, name, value)
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -57,9 +57,9 @@ class MLPConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        _check_int("width", self.width, 1)
-        _check_int("depth", self.depth, 0)
-        _check_rate("dropout", self.dropout)
+        _set_int(self, "width", 1)
+        _set_int(self, "depth", 0)
+        _set_rate(self, "dropout")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,12 +81,10 @@ class CNNConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.features, list):
-            object.__setattr__(self, "features", tuple(self.features))
-        _check_features("features", self.features)
-        _check_int("kernel_size", self.kernel_size, 1)
-        _check_int("dense", self.dense, 0)
-        _check_rate("dropout", self.dropout)
+        _set_features(self, "features")
+        _set_int(self, "kernel_size", 1)
+        _set_int(self, "dense", 0)
+        _set_rate(self, "dropout")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -108,15 +106,11 @@ class ResNetConfig:
     bn_epsilon: float = 1e-5
 
     def __post_init__(self):
-        if isinstance(self.stage_features, list):
-            object.__setattr__(self, "stage_features", tuple(self.stage_features))
-        _check_features("stage_features", self.stage_features)
-        _check_int("blocks_per_stage", self.blocks_per_stage, 1)
-        _check_rate("bn_momentum", self.bn_momentum)
-        if isinstance(self.bn_epsilon, bool) or not isinstance(self.bn_epsilon, (int, float)):
-            raise TypeError(f"bn_epsilon must be a float, got {self.bn_epsilon!r}")
-        if not self.bn_epsilon > 0.0:
-            raise ValueError(f"bn_epsilon must be > 0, got {self.bn_epsilon}")
+        _set_features(self, "stage_features")
+        _set_int(self, "blocks_per_stage", 1)
+        _set_rate(self, "bn_momentum")
+        bn_epsilon = check_float("bn_epsilon", self.bn_epsilon, low=0.0, open_low=True)
+        object.__setattr__(self, "bn_epsilon", bn_epsilon)
 
 
 # ---------------------------------------------------------------------------------- modules

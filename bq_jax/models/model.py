@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bq_jax._src.checks import check_int, is_int
 from bq_jax.models.architectures import CNN, MLP, CNNConfig, MLPConfig, ResNet, ResNetConfig
 
 __all__ = ["MODEL_NAMES", "Model", "make_model", "model_from_dict"]
@@ -79,15 +80,12 @@ class Model:
                 f"config of model {self.name!r} must be a {config_cls.__name__}, got "
                 f"{type(self.config).__name__}"
             )
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int | np.integer):
-            raise TypeError(f"num_classes must be an int, got {self.num_classes!r}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        num_classes = check_int("num_classes", self.num_classes, 2)
         shape = self.input_shape
         if (
             not isinstance(shape, Sequence)
             or not shape
-            or any(isinstance(d, bool) or not isinstance(d, int | np.integer) for d in shape)
+            or not all(is_int(d) for d in shape)
             or any(d < 1 for d in shape)
         ):
             raise ValueError(
@@ -100,7 +98,7 @@ class Model:
                 f"model {self.name!r} needs images: input_shape must be (height, width, "
                 f"channels), got {shape}"
             )
-        object.__setattr__(self, "num_classes", int(self.num_classes))
+        object.__setattr__(self, "num_classes", num_classes)
         object.__setattr__(self, "input_shape", shape)
         module = module_cls(num_classes=self.num_classes, **dataclasses.asdict(self.config))
         object.__setattr__(self, "module", module)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from bq_jax import quant
+from bq_jax._src.checks import check_choice, check_float, check_int
 
 __all__ = ["GRADIENT_AT", "OPTIMIZERS", "QATConfig", "SCALE_MODES", "SCHEDULES"]
 
@@ -16,38 +18,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULES = ("constant", "cosine")
 # Candidate leaves by default: every kernel of the "params" collection (ptq.DEFAULT_TARGETS).
 DEFAULT_TARGETS = r"^params/(.*/)?kernel$"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_pos(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-
-
-def check_study_settings(cfg, positive_ints: Sequence[str]) -> None:
-    """Validates the settings the QAT studies share: ``bits`` (ints in [2, 16]), ``granularity``,
-    ``seed`` (int >= 0), ``qat_learning_rate`` (> 0) and each of ``positive_ints`` (int >= 1).
-
-    Raises:
-      ValueError: naming the setting, what was given and what is accepted.
-    """
-    if not cfg.bits or not all(_is_int(b) and 2 <= b <= 16 for b in cfg.bits):
-        raise ValueError(f"bits must be a non-empty tuple of ints in [2, 16], got {cfg.bits}")
-    if cfg.granularity not in ("per_channel", "per_tensor"):
-        raise ValueError(
-            f"granularity must be 'per_channel' or 'per_tensor', got {cfg.granularity!r}"
-        )
-    for name in positive_ints:
-        v = getattr(cfg, name)
-        if not (_is_int(v) and v >= 1):
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if not (_is_int(cfg.seed) and cfg.seed >= 0):
-        raise ValueError(f"seed must be an int >= 0, got {cfg.seed!r}")
-    lr = cfg.qat_learning_rate
-    if isinstance(lr, bool) or not (isinstance(lr, float | int) and lr > 0):
-        raise ValueError(f"qat_learning_rate must be > 0, got {lr!r}")
 
 
 def _freeze_weights(weights):
@@ -78,8 +48,10 @@ class QATConfig:
     """Quantization-aware training settings (validated at construction; frozen, hashable).
 
     Example:
-      >>> cfg = QATConfig(weights=QuantConfig(bits=3, granularity="per_channel"),
+      >>> cfg = QATConfig(weights=quant.QuantConfig(bits=3, granularity="per_channel"),
       ...                 scale_mode="learned", epochs=20, learning_rate=1e-3)
+      >>> cfg.learned
+      True
     """
 
     # Weight quantizer: one quant.QuantConfig for every targeted leaf, or ordered
@@ -133,64 +105,63 @@ class QATConfig:
         object.__setattr__(self, "weights", _freeze_weights(self.weights))
         if self.targets is not None and not isinstance(self.targets, str):
             raise ValueError(f"targets must be a regex string or None, got {self.targets!r}")
-        ab = self.activation_bits
-        if ab is not None and not (_is_int(ab) and 2 <= ab <= 16):
-            raise ValueError(f"activation_bits must be None or an int in [2, 16], got {ab!r}")
-        from bq_jax.quant import RANGE_METHODS
-
-        if self.activation_range_method not in RANGE_METHODS:
-            raise ValueError(
-                f"activation_range_method must be one of {RANGE_METHODS}, "
-                f"got {self.activation_range_method!r}"
-            )
-        m = self.activation_momentum
-        if isinstance(m, bool) or not isinstance(m, int | float) or not 0.0 <= m < 1.0:
-            raise ValueError(f"activation_momentum must be a float in [0, 1), got {m!r}")
-        if self.scale_mode not in SCALE_MODES:
-            raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
-        if not (_is_int(self.range_update_every) and self.range_update_every >= 0):
-            raise ValueError(
-                "range_update_every must be an int >= 0 (0 = scales fixed at init), "
-                f"got {self.range_update_every!r}"
-            )
-        r = self.min_scale_ratio
-        if not (_is_pos(r) and r < 1.0):
-            raise ValueError(f"min_scale_ratio must be a float in (0, 1), got {r!r}")
-        if self.gradient_at not in GRADIENT_AT:
-            raise ValueError(f"gradient_at must be one of {GRADIENT_AT}, got {self.gradient_at!r}")
+        # Checked numbers are stored back as Python ints / floats (NumPy scalars are accepted).
+        fields = {}
+        if self.activation_bits is not None:
+            fields["activation_bits"] = check_int("activation_bits", self.activation_bits, 2, 16)
+        check_choice("activation_range_method", self.activation_range_method, quant.RANGE_METHODS)
+        fields["activation_momentum"] = check_float(
+            "activation_momentum", self.activation_momentum, low=0.0, high=1.0, open_high=True
+        )
+        check_choice("scale_mode", self.scale_mode, SCALE_MODES)
+        # 0: scales fixed at init.
+        fields["range_update_every"] = check_int("range_update_every", self.range_update_every, 0)
+        fields["min_scale_ratio"] = check_float(
+            "min_scale_ratio",
+            self.min_scale_ratio,
+            low=0.0,
+            high=1.0,
+            open_low=True,
+            open_high=True,
+        )
+        check_choice("gradient_at", self.gradient_at, GRADIENT_AT)
         if self.gradient_at == "float" and self.scale_mode == "learned":
             raise ValueError(
                 "gradient_at='float' evaluates the loss at the float weights, so learned scales "
                 "would get no gradient; use scale_mode='range' with gradient_at='float'"
             )
         for name in ("epochs", "batch_size", "checkpoint_every"):
-            v = getattr(self, name)
-            if not (_is_int(v) and v >= 1):
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not (_is_int(self.snapshot_every) and self.snapshot_every >= 0):
-            raise ValueError(
-                "snapshot_every must be an int >= 0 (0 = no snapshots), "
-                f"got {self.snapshot_every!r}"
+            fields[name] = check_int(name, getattr(self, name), 1)
+        # 0: no snapshots.
+        fields["snapshot_every"] = check_int("snapshot_every", self.snapshot_every, 0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        fields["learning_rate"] = check_float(
+            "learning_rate", self.learning_rate, low=0.0, open_low=True
+        )
+        if self.scale_learning_rate is not None:
+            fields["scale_learning_rate"] = check_float(
+                "scale_learning_rate", self.scale_learning_rate, low=0.0, open_low=True
             )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not _is_pos(self.learning_rate):
-            raise ValueError(f"learning_rate must be a float > 0, got {self.learning_rate!r}")
-        slr = self.scale_learning_rate
-        if slr is not None and not _is_pos(slr):
-            raise ValueError(f"scale_learning_rate must be None or a float > 0, got {slr!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        wd = self.weight_decay
-        if isinstance(wd, bool) or not isinstance(wd, int | float) or wd < 0:
-            raise ValueError(f"weight_decay must be a float >= 0, got {wd!r}")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        wd = fields["weight_decay"] = check_float("weight_decay", self.weight_decay, low=0.0)
         if wd > 0 and self.optimizer != "adamw":
             raise ValueError(
                 f"weight_decay={wd} needs optimizer='adamw' (decoupled decay), "
                 f"got optimizer={self.optimizer!r}"
             )
         if not isinstance(self.eval_heldout, bool):
-            raise ValueError(f"eval_heldout must be a bool, got {self.eval_heldout!r}")
+            raise TypeError(f"eval_heldout must be a bool, got {self.eval_heldout!r}")
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict of the fields (what QAT checkpoints store and compare).
+
+        Example:
+          >>> QATConfig(weights=quant.QuantConfig(bits=4)).to_dict()["weights"]["bits"]
+          4
+        """
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @property
     def learned(self) -> bool:

@@ -240,8 +240,12 @@ def top_hessian_eigs(
       key: PRNG key of the start vectors.
 
     Example:
-      >>> eig = top_hessian_eigs(loss, variables["params"], 10, key=jax.random.key(0))
-      ... # doctest: +SKIP
+      >>> curvature = jnp.array([3.0, 2.0, 1.0])
+      >>> loss = lambda p: 0.5 * jnp.sum(curvature * p["w"] ** 2)
+      >>> eig = top_hessian_eigs(loss, {"w": jnp.ones(3)}, 2, key=jax.random.key(0))
+      >>> np.round(eig.values, 4), np.round(np.abs(eig.vectors), 4)
+      (array([3., 2.]), array([[1., 0., 0.],
+             [0., 1., 0.]]))
     """
     if method not in ("lanczos", "power"):
         raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")

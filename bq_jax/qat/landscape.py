@@ -61,9 +61,12 @@ class Landscape:
       x, y: the split (e.g. the training set: the loss QAT minimises).
 
     Example:
-      >>> land = Landscape(model.apply_fn, variables, data.x_train, data.y_train)
-      ... # doctest: +SKIP
-      >>> land.line(params_ptq, np.linspace(0, 1.5, 31))  # doctest: +SKIP
+      >>> apply_fn = lambda v, x: x @ v["params"]["w"]
+      >>> w_float = {"params": {"w": jnp.zeros((2, 3))}}
+      >>> w_quant = {"params": {"w": jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])}}
+      >>> land = Landscape(apply_fn, w_float, jnp.ones((4, 2)), jnp.zeros(4, jnp.int32))
+      >>> np.round(land.line(w_quant, [0.0, 1.0]), 4)  # L(w_F) = log 3
+      array([1.0986, 0.5514])
     """
 
     def __init__(self, apply_fn, variables_float, x, y):

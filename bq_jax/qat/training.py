@@ -12,17 +12,18 @@ quantized weights bias to the low-loss basin")::
     s      <- max(s, min_scale_ratio * s_init)   (learned scales: positivity guard)
 
 The step ``step(state, batch) -> (state, metrics)`` is jitted once (static shapes: the last
-incomplete batch of an epoch is dropped). Batches of epoch ``e`` are the permutation
+incomplete batch of an epoch is dropped) and runs on float training's loop,
+:func:`bq_jax.train.run_epochs`: batches of epoch ``e`` are the permutation
 ``jax.random.permutation(fold_in(key, e), N)`` cut into ``batch_size`` pieces, so a run is
-a pure function of ``(variables, data, config, key)`` and a resumed run is bit-identical to
-an uninterrupted one.
+a pure function of ``(variables, data, config, key)``; checkpoints are training-state files of
+:mod:`bq_jax.train` (:func:`qat_checkpoint_path`), and a resumed run is bit-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -34,26 +35,27 @@ import optax
 from tqdm.auto import tqdm
 
 from bq_jax import quant
+from bq_jax.data import fingerprint_of
 from bq_jax.qat import quantizers as qz
 from bq_jax.qat.config import QATConfig
+from bq_jax.train import Checkpointing, NonFiniteLossError, accuracy, optimizer_update, run_epochs
 
 __all__ = [
     "QATDivergedError",
     "QATProgram",
     "QATResult",
     "QATState",
+    "QAT_CHECKPOINT_NAME",
     "check_variables_match",
-    "epoch_batches",
-    "load_qat_checkpoint",
     "make_qat_program",
+    "qat_checkpoint_path",
     "qat_train",
-    "save_qat_checkpoint",
 ]
 
 ACTIVATION_KEY = "activation_qparams"
+#: File name of the training-state checkpoint inside qat_train's checkpoint_dir.
+QAT_CHECKPOINT_NAME = "qat_state.ckpt"
 _ACT_INIT_EXAMPLES = 1024
-_CKPT_NAME = "qat_state.npz"
-_CKPT_META = "qat_state.json"
 _FWD_KEY = 1 << 30
 
 
@@ -177,7 +179,12 @@ def check_variables_match(reference, variables, *, what: str = "variables") -> N
     ``reference`` (arrays or ``jax.ShapeDtypeStruct``), naming every difference.
 
     Example:
-      >>> check_variables_match(jax.eval_shape(model.init, key), variables)  # doctest: +SKIP
+      >>> reference = {"params": {"Dense_0": {"kernel": jnp.zeros((4, 3))}}}
+      >>> check_variables_match(reference, {"params": {"Dense_0": {"kernel": jnp.ones((4, 3))}}})
+      >>> check_variables_match(reference, {"params": {"Dense_0": {"kernel": jnp.ones((4, 2))}}})
+      Traceback (most recent call last):
+      ...
+      ValueError: variables do not match the model's parameter tree (shape/dtype mismatch ...
     """
     if not isinstance(variables, Mapping):
         raise TypeError(
@@ -217,7 +224,7 @@ def _split_data(data):
         heldout = None
     elif hasattr(data, "x_train") and hasattr(data, "y_train"):
         x, y = data.x_train, data.y_train
-        heldout = (data.x_test, data.y_test) if hasattr(data, "x_test") else None
+        heldout = (data.x_heldout, data.y_heldout) if hasattr(data, "x_heldout") else None
     else:
         raise TypeError(
             "data must be a bq_jax.data.Dataset (x_train, y_train, ...) or a pair (x, y), "
@@ -233,20 +240,6 @@ def _split_data(data):
             f"training labels must be integers of shape ({x.shape[0]},), got {y.dtype}{y.shape}"
         )
     return x, y, heldout
-
-
-def epoch_batches(key, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
-    """Example indices of every step of ``epoch``: int32[num_steps, batch_size].
-
-    ``permutation(fold_in(key, epoch), N)`` cut into full batches (remainder dropped).
-
-    Example:
-      >>> epoch_batches(jax.random.key(0), 0, 10, 4).shape
-      (2, 4)
-    """
-    steps = num_examples // batch_size
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-    return perm[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------- the program
@@ -320,10 +313,14 @@ def make_qat_program(
       A :class:`QATProgram`.
 
     Example:
-      >>> prog = make_qat_program(model, variables, QATConfig(weights=QuantConfig(bits=4)))
-      ... # doctest: +SKIP
-      >>> state = prog.init(variables, x[:256]); state, m = prog.step(state, (x[:64], y[:64]))
-      ... # doctest: +SKIP
+      >>> from bq_jax.models import make_model
+      >>> model = make_model("mlp", num_classes=3, input_shape=(4,), width=8)
+      >>> variables = model.init(jax.random.key(0))
+      >>> prog = make_qat_program(model, variables, QATConfig(weights=quant.QuantConfig(bits=4)))
+      >>> x, y = jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)
+      >>> state, metrics = prog.step(prog.init(variables, x), (x, y))
+      >>> int(state.step), sorted(metrics)
+      (1, ['grad_norm', 'loss', 'scales_clamped'])
     """
     if not isinstance(config, QATConfig):
         raise TypeError(f"config must be a QATConfig, got {type(config).__name__}")
@@ -367,11 +364,11 @@ def _build_program(model, variables_float, config: QATConfig, total_steps: int) 
         z = jnp.asarray(q["zero_point"], a.dtype)
         if learned:
             n = max(int(np.prod(a.shape[1:])), 1)
-            g = qz.lsq_grad_scale(n, a_qmax)
-            return qz.lsq_fake_quant(a, s, z, qmin=a_qmin, qmax=a_qmax, grad_scale=g)
-        return qz.lsq_fake_quant(
-            a, jax.lax.stop_gradient(s), z, qmin=a_qmin, qmax=a_qmax, grad_scale=0.0
-        )
+            g = quant.lsq_grad_scale(n, a_qmax)
+            return quant.int_fake_quant(
+                a, s, z, qmin=a_qmin, qmax=a_qmax, scale_grad="lsq", grad_scale=g
+            )
+        return quant.int_fake_quant(a, jax.lax.stop_gradient(s), z, qmin=a_qmin, qmax=a_qmax)
 
     def with_activations(fn, acts):
         """``fn`` with fake-quantized Dense/Conv inputs; also returns each input's range."""
@@ -482,8 +479,7 @@ def _build_program(model, variables_float, config: QATConfig, total_steps: int) 
         (loss, (updates, ranges)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             trainable, state, x, y
         )
-        upd, opt_state = tx.update(grads, state.opt_state, trainable)
-        new = optax.apply_updates(trainable, upd)
+        new, opt_state = optimizer_update(tx, grads, state.opt_state, trainable)
         params = {**state.params, **updates, "params": new["weights"]}
         clamped = jnp.zeros((), jnp.int32)
         acts = state.activations
@@ -554,80 +550,18 @@ def _build_program(model, variables_float, config: QATConfig, total_steps: int) 
     )
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_qat_checkpoint(directory: str, state: QATState, *, epoch: int, meta: dict) -> str:
-    """Writes ``state`` (every leaf, by key path) and ``meta`` atomically into ``directory``.
-
-    Returns:
-      The directory.
-
-    Example:
-      >>> save_qat_checkpoint("/tmp/qat_ckpt", state, epoch=3, meta={})  # doctest: +SKIP
-    """
-    from bq_jax.report import atomic_write
-
-    os.makedirs(directory, exist_ok=True)
-    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    arrays = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write(os.path.join(directory, _CKPT_NAME), buf.getvalue())
-    info = {
-        "epoch": int(epoch),
-        "step": int(state.step),
-        "leaves": {k: [list(a.shape), str(a.dtype)] for k, a in arrays.items()},
-        **meta,
-    }
-    atomic_write(os.path.join(directory, _CKPT_META), json.dumps(info, sort_keys=True, indent=1))
-    return directory
-
-
-def load_qat_checkpoint(directory: str, template: QATState) -> tuple[QATState, dict]:
-    """Reads a checkpoint written by :func:`save_qat_checkpoint` into the structure of
-    ``template``.
-
-    Raises:
-      FileNotFoundError: no checkpoint in ``directory``.
-      ValueError: the checkpoint's leaves (paths, shapes, dtypes) differ from the template's,
-        e.g. a checkpoint of another model; the message names the differences.
-
-    Example:
-      >>> state, meta = load_qat_checkpoint("/tmp/qat_ckpt", prog.init(variables, x))
-      ... # doctest: +SKIP
-    """
-    path = os.path.join(directory, _CKPT_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no QAT checkpoint {_CKPT_NAME!r} in {directory!r}")
-    with open(os.path.join(directory, _CKPT_META)) as f:
-        meta = json.load(f)
-    with np.load(path) as z:
-        stored = {k: z[k] for k in z.files}
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    want = {jax.tree_util.keystr(k): v for k, v in leaves}
-    missing = sorted(set(want) - set(stored))
-    extra = sorted(set(stored) - set(want))
-    bad = [
-        f"{k}: checkpoint {stored[k].shape} {stored[k].dtype}, expected "
-        f"{tuple(jnp.shape(v))} {jnp.asarray(v).dtype}"
-        for k, v in want.items()
-        if k in stored
-        and (stored[k].shape != tuple(jnp.shape(v)) or stored[k].dtype != jnp.asarray(v).dtype)
-    ]
-    if missing or extra or bad:
-        raise ValueError(
-            f"the QAT checkpoint in {directory!r} does not match this model and config "
-            f"(missing {missing[:6]}, unexpected {extra[:6]}, mismatched {bad[:6]}); it was saved "
-            "from another model or quantization setup: use another checkpoint_dir"
-        )
-    restored = [jnp.asarray(stored[jax.tree_util.keystr(k)]) for k, _ in leaves]
-    return jax.tree_util.tree_unflatten(treedef, restored), meta
-
-
 # ----------------------------------------------------------------------------- the loop
+
+
+def qat_checkpoint_path(checkpoint_dir: str | os.PathLike) -> str:
+    """The checkpoint file of :func:`qat_train` in ``checkpoint_dir``: a training-state file
+    of the :mod:`bq_jax.train` format (read it with ``bq_jax.train.load_train_state``).
+
+    Example:
+      >>> qat_checkpoint_path("/tmp/run")
+      '/tmp/run/qat_state.ckpt'
+    """
+    return os.path.join(os.fspath(checkpoint_dir), QAT_CHECKPOINT_NAME)
 
 
 def _snapshot(state: QATState) -> dict:
@@ -637,14 +571,6 @@ def _snapshot(state: QATState) -> dict:
         "scales": jax.device_get(state.scales),
         "zero_points": jax.device_get(state.zero_points),
     }
-
-
-def _accuracy(apply_fn, variables, x, y, batch: int = 2048) -> float:
-    f = jax.jit(lambda v, xb: jnp.argmax(apply_fn(v, xb), axis=-1))
-    pred = np.concatenate(
-        [np.asarray(f(variables, x[i : i + batch])) for i in range(0, len(x), batch)]
-    )
-    return float(np.mean(pred == np.asarray(y)))
 
 
 def qat_train(
@@ -665,13 +591,15 @@ def qat_train(
         models).
       variables_float: trained float variables dict of ``model`` (checked against
         ``model.init``'s tree).
-      data: a ``bq_jax.data.Dataset`` (trains on ``x_train, y_train``; ``x_test, y_test`` for
-        ``eval_heldout``) or a pair ``(x, y)``.
+      data: a ``bq_jax.data.Dataset`` (trains on ``x_train, y_train``; ``x_heldout,
+        y_heldout`` for ``eval_heldout``) or a pair ``(x, y)``.
       config: a :class:`QATConfig`.
       key: PRNG key; batches of epoch ``e`` use ``fold_in(key, e)``.
       progress: tqdm bar over steps.
-      checkpoint_dir: write a checkpoint every ``config.checkpoint_every`` epochs and at the
-        end; if it already holds one of this setup, training resumes from it.
+      checkpoint_dir: write a checkpoint (:func:`qat_checkpoint_path`, the
+        :mod:`bq_jax.train` training-state format) every ``config.checkpoint_every`` epochs
+        and at the end; if it already holds one of this setup (model, config, data), training
+        resumes from it.
       callback: ``callback(epoch, state, record)`` after every epoch, ``record`` holding the
         epoch's ``epoch_loss`` (and ``heldout_accuracy``); return ``True`` to stop early.
 
@@ -679,14 +607,21 @@ def qat_train(
       A :class:`QATResult`.
 
     Raises:
-      ValueError: variables of another model (tree mismatch), a checkpoint of another setup,
-        a batch larger than the training set.
+      ValueError: variables of another model (tree mismatch), a checkpoint of another setup
+        (``bq_jax.train.CheckpointMismatchError``), a batch larger than the training set.
       QATDivergedError: the loss became NaN/inf; names the step, keeps the last checkpoint.
 
     Example:
-      >>> cfg = QATConfig(weights=QuantConfig(bits=3, granularity="per_channel"), epochs=20)
-      >>> res = qat_train(model, variables, data, cfg, jax.random.key(0))  # doctest: +SKIP
-      >>> accuracy(res.apply_fn, res.variables, data.x_test, data.y_test)  # doctest: +SKIP
+      >>> from bq_jax.data import load_dataset
+      >>> from bq_jax.models import make_model
+      >>> data = load_dataset("digits")
+      >>> model = make_model("mlp", num_classes=10, input_shape=(64,))
+      >>> variables = model.init(jax.random.key(0))  # in practice: trained float variables
+      >>> cfg = QATConfig(weights=quant.QuantConfig(bits=3, granularity="per_channel"), epochs=1)
+      >>> res = qat_train(model, variables, data, cfg, jax.random.key(0), progress=False)
+      >>> res.history["loss"].shape  # 1047 // 64 steps
+      (16,)
+      >>> acc = accuracy(res.apply_fn, res.variables, data.x_heldout, data.y_heldout)
     """
     if not isinstance(config, QATConfig):
         raise TypeError(f"config must be a QATConfig, got {type(config).__name__}")
@@ -701,7 +636,7 @@ def qat_train(
             f"batch_size={config.batch_size} is larger than the training set ({n} examples)"
         )
     if config.eval_heldout and heldout is None:
-        raise ValueError("eval_heldout=True needs data with x_test / y_test (a Dataset)")
+        raise ValueError("eval_heldout=True needs data with x_heldout / y_heldout (a Dataset)")
     spe = n // config.batch_size
     total = spe * config.epochs
     prog = make_qat_program(model, variables_float, config, total_steps=total)
@@ -710,36 +645,53 @@ def qat_train(
     state = prog.init(
         variables_float, x[: min(n, _ACT_INIT_EXAMPLES)], jax.random.fold_in(key, _FWD_KEY)
     )
-    history: dict[str, Any] = {
-        "loss": [],
-        "grad_norm": [],
-        "scales_clamped": [],
-        "epoch_loss": [],
-        "steps_per_epoch": spe,
-    }
+    lists = ["loss", "grad_norm", "scales_clamped", "epoch_loss"]
     if config.eval_heldout:
-        history["epoch_heldout_accuracy"] = []
+        lists.append("epoch_heldout_accuracy")
+    history: dict[str, Any] = {k: [] for k in lists}
+    history["steps_per_epoch"] = spe
     snapshots: list = []
     start_epoch = 0
-    meta = {"config": repr(config), "num_examples": int(n)}
-    last_ckpt = None
-    if checkpoint_dir is not None and os.path.isfile(os.path.join(checkpoint_dir, _CKPT_NAME)):
-        state, saved = load_qat_checkpoint(checkpoint_dir, state)
-        if saved.get("config") != meta["config"] or saved.get("num_examples") != n:
-            raise ValueError(
-                f"the QAT checkpoint in {checkpoint_dir!r} was written with another config or "
-                "data set; use another checkpoint_dir (or delete it) to start over"
-            )
-        start_epoch = int(saved["epoch"])
-        for k in ("loss", "grad_norm", "scales_clamped", "epoch_loss"):
-            history[k] = list(saved.get("history", {}).get(k, []))
-        if config.eval_heldout:
-            history["epoch_heldout_accuracy"] = list(
-                saved.get("history", {}).get("epoch_heldout_accuracy", [])
-            )
-        last_ckpt = checkpoint_dir
+    checkpointing = None
+    if checkpoint_dir is not None:
+        fingerprint = getattr(data, "fingerprint", None)
+        if fingerprint is None:
+            fingerprint = fingerprint_of({"x": np.asarray(x), "y": np.asarray(y)})
+        checkpointing = Checkpointing(
+            path=qat_checkpoint_path(checkpoint_dir),
+            every=config.checkpoint_every,
+            model=model,
+            train_config=config,
+            data_fingerprint=fingerprint,
+        )
+        resumed = checkpointing.resume(state)
+        if resumed is not None:
+            state, start_epoch, extra = resumed
+            history.update({k: list(extra["history"].get(k, [])) for k in lists})
     if config.snapshot_every and start_epoch == 0:
         snapshots.append(_snapshot(state))
+
+    def on_step(state, metrics):
+        if int(state.step) % config.snapshot_every == 0:
+            snapshots.append(_snapshot(state))
+
+    def on_epoch(epoch, state, metrics):
+        if not all(bool(jnp.all(jnp.isfinite(s))) for s in jax.tree.leaves(state.scales)):
+            last = checkpointing.last_good() if checkpointing is not None else None
+            raise QATDivergedError(epoch * spe + spe - 1, checkpoint_dir if last else None, "scale")
+        loss = np.asarray(metrics["loss"], np.float64)
+        history["loss"] += loss.tolist()
+        history["grad_norm"] += metrics["grad_norm"].tolist()
+        history["scales_clamped"] += [int(c) for c in metrics["scales_clamped"]]
+        record = {"epoch": epoch, "epoch_loss": float(loss.mean())}
+        history["epoch_loss"].append(record["epoch_loss"])
+        if config.eval_heldout:
+            acc = accuracy(prog.apply_fn, prog.deploy(state), *heldout, batch_size=2048)
+            history["epoch_heldout_accuracy"].append(acc)
+            record["heldout_accuracy"] = acc
+        bar.set_postfix(loss=f"{record['epoch_loss']:.4f}")
+        return bool(callback(epoch, state, record)) if callback is not None else False
+
     bar = tqdm(
         total=total,
         initial=start_epoch * spe,
@@ -747,47 +699,26 @@ def qat_train(
         disable=not progress,
         leave=False,
     )
-    for epoch in range(start_epoch, config.epochs):
-        idx = epoch_batches(key, epoch, n, config.batch_size)
-        metrics = []
-        for i in range(spe):
-            b = idx[i]
-            state, m = prog.step(state, (x[b], y[b]))
-            metrics.append(m)
-            if config.snapshot_every and int(state.step) % config.snapshot_every == 0:
-                snapshots.append(_snapshot(state))
-            bar.update(1)
-        loss = np.asarray(jnp.stack([m["loss"] for m in metrics]), np.float64)
-        bad = ~np.isfinite(loss)
-        if bad.any() or not all(
-            bool(jnp.all(jnp.isfinite(s))) for s in jax.tree.leaves(state.scales)
-        ):
-            first = epoch * spe + (int(np.argmax(bad)) if bad.any() else spe - 1)
-            bar.close()
-            raise QATDivergedError(first, last_ckpt, "loss" if bad.any() else "scale")
-        history["loss"] += loss.tolist()
-        history["grad_norm"] += np.asarray(jnp.stack([m["grad_norm"] for m in metrics])).tolist()
-        history["scales_clamped"] += [int(m["scales_clamped"]) for m in metrics]
-        record = {"epoch": epoch, "epoch_loss": float(loss.mean())}
-        history["epoch_loss"].append(record["epoch_loss"])
-        if config.eval_heldout:
-            acc = _accuracy(prog.apply_fn, prog.deploy(state), *heldout)
-            history["epoch_heldout_accuracy"].append(acc)
-            record["heldout_accuracy"] = acc
-        bar.set_postfix(loss=f"{record['epoch_loss']:.4f}")
-        done = epoch + 1 == config.epochs
-        stop = bool(callback(epoch, state, record)) if callback is not None else False
-        if checkpoint_dir is not None and (
-            done or stop or (epoch + 1) % config.checkpoint_every == 0
-        ):
-            hist = {k: v for k, v in history.items() if isinstance(v, list)}
-            save_qat_checkpoint(
-                checkpoint_dir, state, epoch=epoch + 1, meta={**meta, "history": hist}
-            )
-            last_ckpt = checkpoint_dir
-        if stop:
-            break
-    bar.close()
+    try:
+        state = run_epochs(
+            prog.step,
+            state,
+            x,
+            y,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            shuffle_key=key,
+            start_epoch=start_epoch,
+            on_step=on_step if config.snapshot_every else None,
+            on_epoch=on_epoch,
+            checkpointing=checkpointing,
+            checkpoint_extra=lambda: {"history": {k: history[k] for k in lists}},
+            bar=bar,
+        ).state
+    except NonFiniteLossError as e:
+        raise QATDivergedError(e.step, checkpoint_dir if e.checkpoint else None) from e
+    finally:
+        bar.close()
     if config.snapshot_every and (not snapshots or snapshots[-1]["step"] != int(state.step)):
         snapshots.append(_snapshot(state))
     for k in ("loss", "grad_norm"):

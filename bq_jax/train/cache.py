@@ -9,6 +9,7 @@ import os
 
 import jax
 
+from bq_jax._src.checks import check_int
 from bq_jax.train.checkpoint import load_checkpoint, save_checkpoint
 from bq_jax.train.config import DEFAULT_MODELS, TrainConfig, default_train_config
 from bq_jax.train.loop import train_with_history
@@ -70,7 +71,7 @@ def trained_classifier(
     Defaults: model ``mlp`` for digits, ``cnn`` for mnist / fashion_mnist, ``resnet`` for
     cifar10 (:data:`DEFAULT_MODELS`, default hyperparameters); training settings
     :func:`default_train_config`. ``quick=True`` picks the quick training settings and, for the
-    image data sets, the ``"tiny"`` subset (100 train / 20 test examples per class); explicit
+    image data sets, the ``"tiny"`` subset (100 train / 20 held-out examples per class); explicit
     ``train_config`` / ``subset`` take precedence.
 
     Args:
@@ -96,14 +97,13 @@ def trained_classifier(
 
     Example:
         >>> model, variables, data = trained_classifier("digits", seed=0)  # doctest: +SKIP
-        >>> accuracy(model.apply_fn, variables, data.x_test, data.y_test)  # doctest: +SKIP
+        >>> accuracy(model.apply_fn, variables, data.x_heldout, data.y_heldout)  # doctest: +SKIP
         0.97...
     """
     from bq_jax.data import load_dataset
     from bq_jax.models import Model, make_model
 
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    seed = check_int("seed", seed, 0)
     if not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got {quick!r}")
     if train_config is not None and not isinstance(train_config, TrainConfig):

@@ -1,15 +1,23 @@
-"""Checkpoints: a model's variables with the model description, training settings and data
-fingerprint they belong to, written atomically and verified when read.
+"""Checkpoints: a model's variables (or a whole training state) with the model description,
+training settings and data fingerprint they belong to, written atomically and verified when
+read. The one checkpoint format of float training and QAT.
 
 File layout (version 1)::
 
     b"BQJAXCKPT\\n1\\n"                 magic and format version
     32 bytes                           SHA-256 of the payload
     payload                            flax msgpack of {"meta": <JSON text>, "variables": ...}
+                                       or, for a training state, {"meta": ..., "state": ...}
 
-``meta`` holds ``model`` (:meth:`bq_jax.models.Model.to_dict`), ``train_config``
-(:meth:`TrainConfig.to_dict` or null), ``data_fingerprint`` (or null), ``extra`` (any
-JSON-serialisable value) and ``bq_jax_version``. The checksum makes a truncated or corrupted
+``meta`` holds ``model`` (:meth:`bq_jax.models.Model.to_dict`, or null), ``train_config``
+(the config's ``to_dict()``: :class:`TrainConfig`, ``bq_jax.qat.QATConfig``; or null),
+``data_fingerprint`` (or null), ``extra`` (any JSON-serialisable value), ``bq_jax_version``
+and, for a training state, ``epoch`` (epochs completed).
+
+:func:`save_checkpoint` / :func:`load_checkpoint` store the variables of a trained model;
+:func:`save_train_state` / :func:`load_train_state` store everything a training loop carries
+(step, parameters, optimizer state, keys: any pytree of arrays), so that a resumed run is
+bit-identical to an uninterrupted one. The checksum makes a truncated or corrupted
 file fail loudly instead of loading wrong numbers. Writes go to a temporary file in the
 target's directory, are flushed to disk and then ``os.replace``-d over the target, so the
 target is either the old file or the complete new one, never half-written.
@@ -31,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from bq_jax._src.checks import check_int
 from bq_jax.train.config import TrainConfig
 
 __all__ = [
@@ -38,7 +47,9 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "load_checkpoint",
+    "load_train_state",
     "save_checkpoint",
+    "save_train_state",
 ]
 
 _MAGIC = b"BQJAXCKPT\n1\n"
@@ -71,7 +82,9 @@ class Checkpoint:
     bq_jax_version: str
 
 
-def _model_dict(model) -> dict:
+def _model_dict(model) -> dict | None:
+    if model is None:
+        return None
     if hasattr(model, "to_dict"):
         return model.to_dict()
     if isinstance(model, Mapping):
@@ -82,11 +95,14 @@ def _model_dict(model) -> dict:
 def _config_dict(config) -> dict | None:
     if config is None:
         return None
-    if isinstance(config, TrainConfig):
-        return json.loads(json.dumps(config.to_dict()))
     if isinstance(config, Mapping):
         return json.loads(json.dumps(dict(config)))
-    raise TypeError(f"train_config must be a TrainConfig or None, got {type(config).__name__}")
+    if hasattr(config, "to_dict"):  # TrainConfig, bq_jax.qat.QATConfig
+        return json.loads(json.dumps(config.to_dict()))
+    raise TypeError(
+        "train_config must be a TrainConfig (or a config with to_dict()) or None, got "
+        f"{type(config).__name__}"
+    )
 
 
 def _flatten(tree, prefix="") -> dict:
@@ -135,6 +151,39 @@ def _atomic_write(path: str, chunks) -> None:
         raise
 
 
+def _meta_text(model, train_config, data_fingerprint, extra, **more) -> str:
+    if data_fingerprint is not None and not isinstance(data_fingerprint, str):
+        raise TypeError(f"data_fingerprint must be a str or None, got {data_fingerprint!r}")
+    try:
+        return json.dumps(
+            {
+                "model": _model_dict(model),
+                "train_config": _config_dict(train_config),
+                "data_fingerprint": data_fingerprint,
+                "extra": extra,
+                "bq_jax_version": _version(),
+                **more,
+            },
+            sort_keys=True,
+            allow_nan=False,
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint metadata (extra=...) must be JSON-serialisable: {e}") from e
+
+
+def _check_finite(tree, what: str) -> None:
+    for name, leaf in _flatten(tree).items():
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            raise ValueError(f"{what} leaf {name!r} has NaN/inf values; refusing to save it")
+
+
+def _write(path: str, meta_text: str, kind: str, state_dict) -> str:
+    payload = serialization.msgpack_serialize({"meta": meta_text, kind: state_dict})
+    _atomic_write(path, (_MAGIC, hashlib.sha256(payload).digest(), payload))
+    return path
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     variables,
@@ -162,8 +211,14 @@ def save_checkpoint(
             not JSON-serialisable.
 
     Example:
-        >>> save_checkpoint("/tmp/m.ckpt", variables, model=model,  # doctest: +SKIP
-        ...                 train_config=config, data_fingerprint=data.fingerprint)
+        >>> import tempfile
+        >>> from bq_jax.models import make_model
+        >>> model = make_model("mlp", num_classes=3, input_shape=(4,), width=8)
+        >>> variables = model.init(jax.random.key(0))
+        >>> path = os.path.join(tempfile.mkdtemp(), "mlp.ckpt")
+        >>> save_checkpoint(path, variables, model=model, train_config=TrainConfig(),
+        ...                 data_fingerprint=None) == path
+        True
     """
     path = os.fspath(path)
     if not isinstance(variables, Mapping) or "params" not in variables:
@@ -171,31 +226,63 @@ def save_checkpoint(
             "variables must be a flax variables dict with a 'params' entry, got "
             f"{type(variables).__name__}"
         )
-    if data_fingerprint is not None and not isinstance(data_fingerprint, str):
-        raise TypeError(f"data_fingerprint must be a str or None, got {data_fingerprint!r}")
-    flat = _flatten(jax.device_get(dict(variables)))
-    for name, leaf in flat.items():
-        a = np.asarray(leaf)
-        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-            raise ValueError(f"variables leaf {name!r} has NaN/inf values; refusing to save it")
-    try:
-        meta_text = json.dumps(
-            {
-                "model": _model_dict(model),
-                "train_config": _config_dict(train_config),
-                "data_fingerprint": data_fingerprint,
-                "extra": extra,
-                "bq_jax_version": _version(),
-            },
-            sort_keys=True,
-            allow_nan=False,
-        )
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint metadata (extra=...) must be JSON-serialisable: {e}") from e
-    state = serialization.to_state_dict(jax.device_get(dict(variables)))
-    payload = serialization.msgpack_serialize({"meta": meta_text, "variables": state})
-    _atomic_write(path, (_MAGIC, hashlib.sha256(payload).digest(), payload))
-    return path
+    if model is None:
+        raise TypeError("model must be a bq_jax.models.Model, got None")
+    host = jax.device_get(dict(variables))
+    _check_finite(host, "variables")
+    meta_text = _meta_text(model, train_config, data_fingerprint, extra)
+    return _write(path, meta_text, "variables", serialization.to_state_dict(host))
+
+
+def _is_typed_key(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _state_dict(state):
+    """``state`` as flax's nested state dict of numpy arrays (typed PRNG keys as key data)."""
+    raw = jax.tree.map(lambda a: jax.random.key_data(a) if _is_typed_key(a) else a, state)
+    return serialization.to_state_dict(jax.device_get(raw))
+
+
+def save_train_state(
+    path: str | os.PathLike,
+    state,
+    *,
+    epoch: int,
+    model=None,
+    train_config=None,
+    data_fingerprint: str | None = None,
+    extra: Any = None,
+) -> str:
+    """Writes a training loop's whole ``state`` after ``epoch`` epochs to ``path`` atomically.
+
+    Args:
+        path: target file (parent directories are created).
+        state: any pytree of arrays (NamedTuples, dicts, optax states, typed PRNG keys); every
+            floating-point leaf finite.
+        epoch: epochs completed (>= 0); a resumed run starts at this epoch.
+        model: the :class:`bq_jax.models.Model` (its ``to_dict()`` is stored), or None.
+        train_config: the run's config (``TrainConfig``, ``QATConfig``: anything with
+            ``to_dict()``), or None.
+        data_fingerprint: fingerprint of the training data, or None.
+        extra: JSON-serialisable value stored as is (e.g. the history so far).
+
+    Returns:
+        ``path`` as a str.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "run.ckpt")
+        >>> state = {"step": jnp.int32(30), "w": jnp.ones(3), "key": jax.random.key(0)}
+        >>> save_train_state(path, state, epoch=3, train_config=TrainConfig()) == path
+        True
+    """
+    path = os.fspath(path)
+    epoch = check_int("epoch", epoch, 0)
+    state_dict = _state_dict(state)
+    _check_finite(state_dict, "state")
+    meta_text = _meta_text(model, train_config, data_fingerprint, extra, epoch=epoch)
+    return _write(path, meta_text, "state", state_dict)
 
 
 def _version() -> str:
@@ -204,7 +291,7 @@ def _version() -> str:
     return bq_jax.__version__
 
 
-def _read(path: str) -> tuple[dict, Any]:
+def _read(path: str, kind: str) -> tuple[dict, Any]:
     with open(path, "rb") as f:
         blob = f.read()
     head = len(_MAGIC)
@@ -224,10 +311,64 @@ def _read(path: str) -> tuple[dict, Any]:
     try:
         raw = serialization.msgpack_restore(payload)
         meta = json.loads(raw["meta"])
-        variables = raw["variables"]
     except Exception as e:  # the checksum matched, so this is a writer of another format
         raise CheckpointError(f"{path} has an unreadable payload: {e}") from e
-    return meta, variables
+    if kind not in raw:
+        reader = {"variables": "load_checkpoint", "state": "load_train_state"}
+        other = next((k for k in reader if k in raw), None)
+        hint = f"; read it with {reader[other]}" if other else ""
+        raise CheckpointError(f"{path} holds no {kind} (it is not a {kind} checkpoint){hint}")
+    return meta, raw[kind]
+
+
+def _meta_problems(meta, model, train_config, data_fingerprint) -> list[str]:
+    """Differences between what a checkpoint stores and what the caller expects."""
+    problems = []
+    if model is not None:
+        problems += [f"model {d}" for d in _differences(meta.get("model"), _model_dict(model))]
+    if train_config is not None:
+        problems += [
+            f"train_config {d}"
+            for d in _differences(meta.get("train_config"), _config_dict(train_config))
+        ]
+    if data_fingerprint is not None and meta.get("data_fingerprint") != data_fingerprint:
+        problems.append(
+            f"data_fingerprint: checkpoint {meta.get('data_fingerprint')!r}, requested "
+            f"{data_fingerprint!r} (the data or its splits changed)"
+        )
+    return problems
+
+
+def _leaf_problems(what: str, expected: dict, got: dict, *, dtypes: bool = True) -> list[str]:
+    """Missing, unexpected, reshaped (and with ``dtypes`` retyped) leaves of two flattened
+    trees."""
+    problems = []
+    for name in sorted(set(expected) | set(got)):
+        if name not in got:
+            problems.append(f"{what}: {name} missing in the checkpoint")
+        elif name not in expected:
+            problems.append(f"{what}: {name} in the checkpoint is not in the request")
+        else:
+            want, have = expected[name], np.asarray(got[name])
+            if tuple(have.shape) != tuple(want.shape):
+                problems.append(
+                    f"{what}: {name} has shape {have.shape} in the checkpoint, the request needs "
+                    f"{tuple(want.shape)}"
+                )
+            elif dtypes and have.dtype != np.dtype(want.dtype):
+                problems.append(
+                    f"{what}: {name} has dtype {have.dtype} in the checkpoint, the request needs "
+                    f"{np.dtype(want.dtype)}"
+                )
+    return problems
+
+
+def _mismatch(path: str, problems: list[str]) -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"checkpoint {path} does not match this model, config and data (it was written by "
+        "another config, model or data set; use another path, or delete it to start over):\n  "
+        + "\n  ".join(problems)
+    )
 
 
 def load_checkpoint(
@@ -259,41 +400,29 @@ def load_checkpoint(
             or variable shapes differ; the message lists each difference.
 
     Example:
-        >>> ckpt = load_checkpoint("/tmp/m.ckpt", model=model)  # doctest: +SKIP
-        >>> model.apply_fn(ckpt.variables, x)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from bq_jax.models import make_model
+        >>> model = make_model("mlp", num_classes=3, input_shape=(4,), width=8)
+        >>> path = os.path.join(tempfile.mkdtemp(), "mlp.ckpt")
+        >>> _ = save_checkpoint(path, model.init(jax.random.key(0)), model=model,
+        ...                     train_config=None, data_fingerprint=None)
+        >>> ckpt = load_checkpoint(path, model=model)
+        >>> model.apply_fn(ckpt.variables, jnp.zeros((2, 4))).shape
+        (2, 3)
+        >>> other = make_model("mlp", num_classes=3, input_shape=(4,), width=16)
+        >>> load_checkpoint(path, model=other)
+        Traceback (most recent call last):
+        ...
+        bq_jax.train.checkpoint.CheckpointMismatchError: checkpoint ... does not match ...
     """
     path = os.fspath(path)
-    meta, raw_variables = _read(path)
-    problems = []
-    if model is not None:
-        problems += [f"model {d}" for d in _differences(meta.get("model"), _model_dict(model))]
-    if train_config is not None:
-        problems += [
-            f"train_config {d}"
-            for d in _differences(meta.get("train_config"), _config_dict(train_config))
-        ]
-    if data_fingerprint is not None and meta.get("data_fingerprint") != data_fingerprint:
-        problems.append(
-            f"data_fingerprint: checkpoint {meta.get('data_fingerprint')!r}, requested "
-            f"{data_fingerprint!r} (the data or its splits changed)"
-        )
+    meta, raw_variables = _read(path, "variables")
+    problems = _meta_problems(meta, model, train_config, data_fingerprint)
     if not problems and model is not None:
         expected = _flatten(jax.eval_shape(model.init, jax.random.key(0)))
-        got = _flatten(raw_variables)
-        for name in sorted(set(expected) | set(got)):
-            if name not in got:
-                problems.append(f"variables: {name} missing in the checkpoint")
-            elif name not in expected:
-                problems.append(f"variables: {name} in the checkpoint is not in the model")
-            elif tuple(np.shape(got[name])) != tuple(expected[name].shape):
-                problems.append(
-                    f"variables: {name} has shape {np.shape(got[name])} in the checkpoint, the "
-                    f"model needs {expected[name].shape}"
-                )
+        problems = _leaf_problems("variables", expected, _flatten(raw_variables), dtypes=False)
     if problems:
-        raise CheckpointMismatchError(
-            f"checkpoint {path} does not match the request:\n  " + "\n  ".join(problems)
-        )
+        raise _mismatch(path, problems)
     variables = jax.tree.map(jnp.asarray, raw_variables)
     return Checkpoint(
         variables=variables,
@@ -303,3 +432,82 @@ def load_checkpoint(
         extra=meta.get("extra"),
         bq_jax_version=meta.get("bq_jax_version", ""),
     )
+
+
+def load_train_state(
+    path: str | os.PathLike,
+    template,
+    *,
+    model=None,
+    train_config=None,
+    data_fingerprint: str | None = None,
+) -> tuple[Any, dict]:
+    """Reads a training state written by :func:`save_train_state` into the structure of
+    ``template`` (e.g. the freshly initialised state of the same setup).
+
+    Each of ``model``, ``train_config``, ``data_fingerprint`` that is given must match what
+    the file stores, and every leaf of the state must have the template's path, shape and
+    dtype. Values are restored bit for bit.
+
+    Args:
+        path: checkpoint file.
+        template: a pytree of the state's structure (arrays or ``jax.ShapeDtypeStruct``).
+        model: expected :class:`bq_jax.models.Model`, or None to skip the check.
+        train_config: expected config (anything with ``to_dict()``), or None to skip it.
+        data_fingerprint: expected data fingerprint, or None to skip the check.
+
+    Returns:
+        ``(state, meta)``: the state (JAX arrays, typed keys where the template has them) and
+        the stored metadata ``{"epoch", "model", "train_config", "data_fingerprint", "extra",
+        "bq_jax_version"}``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: not a training-state checkpoint, truncated or corrupted.
+        CheckpointMismatchError: another model, config, data set or state structure; the
+            message lists each difference.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "run.ckpt")
+        >>> state = {"step": jnp.int32(30), "w": jnp.arange(3.0), "key": jax.random.key(0)}
+        >>> _ = save_train_state(path, state, epoch=3, extra={"note": "after 3 epochs"})
+        >>> template = {"step": jnp.int32(0), "w": jnp.zeros(3), "key": jax.random.key(1)}
+        >>> restored, meta = load_train_state(path, template)
+        >>> meta["epoch"], restored["w"].tolist(), bool(restored["key"] == state["key"])
+        (3, [0.0, 1.0, 2.0], True)
+    """
+    path = os.fspath(path)
+    meta, raw_state = _read(path, "state")
+    problems = _meta_problems(meta, model, train_config, data_fingerprint)
+    if not problems:
+        expected = _flatten(
+            serialization.to_state_dict(
+                jax.tree.map(
+                    lambda a: jax.eval_shape(jax.random.key_data, a) if _is_typed_key(a) else a,
+                    template,
+                )
+            )
+        )
+        problems = _leaf_problems("state", expected, _flatten(raw_state))
+    if problems:
+        raise _mismatch(path, problems)
+    restored = serialization.from_state_dict(template, raw_state)
+    state = jax.tree.map(
+        lambda t, a: (
+            jax.random.wrap_key_data(a, impl=jax.random.key_impl(t))
+            if _is_typed_key(t)
+            else jnp.asarray(a)
+        ),
+        template,
+        restored,
+    )
+    meta = {
+        "epoch": meta.get("epoch"),
+        "model": meta.get("model"),
+        "train_config": meta.get("train_config"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "extra": meta.get("extra"),
+        "bq_jax_version": meta.get("bq_jax_version", ""),
+    }
+    return state, meta

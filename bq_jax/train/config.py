@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+
+from bq_jax._src.checks import check_choice, check_float, check_int
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -18,27 +19,6 @@ SCHEDULES = ("constant", "cosine")
 
 #: Architecture trained by default on each data set (names of :func:`bq_jax.models.make_model`).
 DEFAULT_MODELS = {"digits": "mlp", "mnist": "cnn", "fashion_mnist": "cnn", "cifar10": "resnet"}
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-
-
-def _check_float(name: str, value, *, low: float, high: float = math.inf, open_low=False):
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-    ok = (value > low if open_low else value >= low) and value < high and math.isfinite(value)
-    if not ok:
-        lo = "(" if open_low else "["
-        raise ValueError(f"{name} must lie in {lo}{low}, {high}), got {value}")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,24 +62,38 @@ class TrainConfig:
     # Random crop (4-pixel zero padding) + horizontal flip of image batches (rank-3 inputs).
     augment: bool = False
     # Evaluate accuracy on the calibration split every this many epochs, and after the last
-    # epoch (0: never). The test split is never touched during training.
+    # epoch (0: never). The held-out split is never touched in training.
     eval_every: int = 1
 
     def __post_init__(self):
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_float("learning_rate", self.learning_rate, low=0.0, open_low=True)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_float("momentum", self.momentum, low=0.0, high=1.0)
-        _check_float("weight_decay", self.weight_decay, low=0.0)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_float("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs + 1e-9)
-        _check_float("label_smoothing", self.label_smoothing, low=0.0, high=1.0)
+        # Checked values are stored back as Python ints / floats (NumPy scalars are accepted),
+        # so that to_dict() is JSON.
+        fields = {
+            "epochs": check_int("epochs", self.epochs, 1),
+            "batch_size": check_int("batch_size", self.batch_size, 1),
+            "learning_rate": check_float(
+                "learning_rate", self.learning_rate, low=0.0, open_low=True
+            ),
+            "momentum": check_float("momentum", self.momentum, low=0.0, high=1.0, open_high=True),
+            "weight_decay": check_float("weight_decay", self.weight_decay, low=0.0),
+            "label_smoothing": check_float(
+                "label_smoothing", self.label_smoothing, low=0.0, high=1.0, open_high=True
+            ),
+            "eval_every": check_int("eval_every", self.eval_every, 0),
+        }
+        fields["warmup_epochs"] = check_float(
+            "warmup_epochs", self.warmup_epochs, low=0.0, high=float(fields["epochs"])
+        )
         if self.max_grad_norm is not None:
-            _check_float("max_grad_norm", self.max_grad_norm, low=0.0, open_low=True)
+            fields["max_grad_norm"] = check_float(
+                "max_grad_norm", self.max_grad_norm, low=0.0, open_low=True
+            )
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
         if not isinstance(self.augment, bool):
             raise TypeError(f"augment must be a bool, got {self.augment!r}")
-        _check_int("eval_every", self.eval_every, 0)
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict of the fields (what checkpoints store and compare)."""
