@@ -62,6 +62,7 @@ class Term:
 METRICS: dict[str, Term] = {
     # -- predictions -------------------------------------------------------------------------
     "accuracy": Term("fraction of held-out inputs classified correctly"),
+    "float_accuracy": Term("held-out accuracy of the float classifier"),
     "accuracy_drop": Term("float minus quantized held-out accuracy"),
     "calibration_accuracy_drop": Term("float minus quantized calibration accuracy"),
     "flip_rate": Term("fraction of held-out inputs whose predicted label changed"),
@@ -117,9 +118,13 @@ METRICS: dict[str, Term] = {
     "expected_at_junctions": Term("changed_cells_at_junctions if changes fell uniformly", ".1f"),
     "junction_enrichment": Term("changed_cells_at_junctions / expected_at_junctions", ".2f"),
     "steps_with_changes": Term("interpolation steps in which some label changed", "d"),
+    "triple_junction_count_from": Term("triple_junction_count of the map at t = 0 (b bits)", ".1f"),
+    "triple_junction_count_to": Term("triple_junction_count of the map at t = 1 (b-1 bits)", ".1f"),
     # -- rounding ----------------------------------------------------------------------------
     "reconstruction_error": Term(
-        "mean over layers of ||W x - W~ x||^2 / ||W x||^2 on calibration inputs", ".4f"
+        "mean over layers of E||y_l - y~_l||^2 / E||y_l||^2 (layer outputs, the quantized "
+        "model's own layer inputs) on the held-out inputs",
+        ".4f",
     ),
     "sqnr_db": Term("10 log10(E[w^2] / E[(w - q(w))^2]) of the weights, dB", ".2f"),
     # -- correlation -------------------------------------------------------------------------
@@ -128,6 +133,49 @@ METRICS: dict[str, Term] = {
     "train_loss": Term("mean cross-entropy on the training split", ".4f"),
     "calibration_loss": Term("mean cross-entropy on the calibration split", ".4f"),
     "excess_loss": Term("train_loss at the solution minus train_loss of the float model", ".4f"),
+    "float_train_loss": Term("train_loss of the float model", ".4g"),
+    "float_calibration_loss": Term("calibration_loss of the float model", ".4g"),
+    "num_params": Term("trainable parameters P of the classifier", "d"),
+    "num_heldout_examples": Term("held-out inputs the accuracy is measured on", "d"),
+    "line_barrier": Term(
+        "max of the training loss on the segment [w_F, w_Q] above its higher end", ".4g"
+    ),
+    "line_loss_max": Term("max training loss on the line w_F + t (w_Q - w_F), t in [0, t_max]"),
+    "displacement_norm": Term("|d|, d = w_Q - w_F (all parameters, flat)", ".4g"),
+    "sharp_fraction": Term("|V_k d| / |d|: share of d along the top-k Hessian eigenvectors"),
+    "sharp_fraction_random": Term("sqrt(k / P): sharp_fraction of an isotropic displacement"),
+    "quadratic_excess": Term("d^T H d / 2 at the float solution", ".4g"),
+    "quadratic_excess_topk": Term("the part of quadratic_excess along the top-k directions", ".4g"),
+    "quadratic_topk_share": Term("quadratic_excess_topk / quadratic_excess"),
+    "random_direction_excess": Term(
+        "mean excess training loss of random directions with d's per-layer norms", ".4g"
+    ),
+    # -- QAT trajectories (QAT basin study; means over the snapshots of one QAT run) ---------
+    "cosine_quantized_mean": Term("mean cos(-g_Q, w_F - w_q), g_Q the straight-through gradient"),
+    "cosine_float_mean": Term("mean cos(-grad L(w), w_F - w_q) at the latent iterates w"),
+    "cosine_sharp_mean": Term("mean cos(-g_Q, -V_k V_k^T (w_q - w_F))"),
+    "cosine_step_mean": Term("mean cos of the latent move to the next snapshot with w_F - w_q"),
+    "grad_sharp_fraction_mean": Term("mean |V_k g_Q| / |g_Q|"),
+    "deployed_loss_start": Term("training loss of the deployed weights at QAT step 0", ".4g"),
+    "deployed_loss_end": Term("training loss of the deployed weights at the last snapshot", ".4g"),
+    "sharp_displacement_start": Term("|V_k^T (w_q - w_F)| at QAT step 0", ".4g"),
+    "sharp_displacement_end": Term("|V_k^T (w_q - w_F)| at the last snapshot", ".4g"),
+    # -- range methods in QAT (spread: std, ddof = 0, over the QAT runs of one classifier) --
+    "ptq_accuracy": Term("held-out accuracy of round-to-nearest PTQ with the same quantizer"),
+    "accuracy_spread": Term("std over QAT runs of the held-out accuracy"),
+    "accuracy_min": Term("lowest held-out accuracy over QAT runs"),
+    "final_loss": Term("training loss of the last QAT epoch, mean over QAT runs", ".4g"),
+    "final_loss_spread": Term("std over QAT runs of the last epoch's training loss", ".3g"),
+    "loss_curve_spread": Term(
+        "mean over epochs of the std over QAT runs of the epoch-mean training loss", ".3g"
+    ),
+    "ptq_sqnr_db": Term(
+        "SQNR of the PTQ weights against the float weights, mean over layers", ".2f"
+    ),
+    "qat_sqnr_db": Term(
+        "SQNR of the deployed weights against the latent weights after QAT, mean over layers",
+        ".2f",
+    ),
 }
 
 #: Hyperparameters (config fields) shared by the studies, CLI flags and reports. The CLI takes
@@ -166,6 +214,10 @@ HYPERPARAMETERS: dict[str, str] = {
     "line_max": "largest t of the float-to-solution lines (1 = the solution)",
     "snapshot_every": "QAT steps between trajectory snapshots",
     "boundary_gap_grid": "(boundary_gap_weight, temperature) candidates chosen on calibration",
+    "qat_seeds": "QAT runs (batch orders) per classifier and setting",
+    "selection_accuracy_tolerance": "half-B calibration accuracy a boundary-gap candidate may lose "
+    "against AdaRound and stay eligible",
+    "check_bits": "weight bit width of the PTQ-W check row of the rounding comparison",
 }
 
 

@@ -1,12 +1,11 @@
-"""Reproduce the boundary-aware quantization studies on scikit-learn digits (bundled).
+"""Reproduce the boundary-aware quantization paper's studies on scikit-learn digits (bundled).
 
-Command (the same as ``bq-jax reproduce digits``; extra arguments are passed through)::
+The same as ``bq-jax reproduce digits``; extra arguments are passed through::
 
-    python experiments/reproduce_digits.py --out results/digits          # full: 3 seeds, 256x256
-    python experiments/reproduce_digits.py --quick --out /tmp/bq-digits  # smoke test
+    python experiments/reproduce_digits.py                       # full: 3 seeds -> results/digits
+    python experiments/reproduce_digits.py --quick --out /tmp/q  # smoke test
 
-Time on a 2-core CPU: see the "Time" lines of ``bq-jax reproduce --help`` and the
-``results/digits/report.md`` of a run (it records its own wall time).
+Each run's report.md records its own wall time.
 """
 
 import sys

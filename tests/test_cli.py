@@ -19,6 +19,9 @@ COMMANDS = [
     "stopping",
     "rounding",
     "correlation",
+    "qat-basin",
+    "range-methods",
+    "rounding-comparison",
     "train",
 ]
 
@@ -50,17 +53,23 @@ def test_command_help(command, capsys):
         (["bits-sweep", "digits", "--max-bits", "33"], "--max-bits"),
         (["rounding", "digits", "--rounding-bits", "4,0"], "--rounding-bits"),
         (["stopping", "digits", "--jaccard-threshold", "1.5"], "--jaccard-threshold"),
-        (["reproduce", "digits", "--seeds", "0"], "--seeds"),
+        (["reproduce", "digits", "--seeds", "-1"], "--seeds"),
+        (["reproduce", "digits", "--seeds", "0,0"], "seeds must be distinct"),
+        (["qat-basin", "digits", "--bits", "1"], "--bits"),
+        (["reproduce", "digits", "--boundary-gap-weight", "-1"], "--boundary-gap-weight"),
         (["reproduce", "digits", "--resolution", "x"], "--resolution"),
         (["reproduce"], "DATASET"),
         (["no-such-command"], "invalid choice"),
         ([], "required"),
     ],
 )
-def test_bad_arguments_one_line_nonzero(argv, needle, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == cli.EXIT_USAGE
+def test_bad_arguments_one_line_nonzero(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's own errors (unknown command, unparsable value)
+        code = e.code
+    assert code == cli.EXIT_USAGE
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1, captured.err
@@ -108,16 +117,16 @@ def _quick(tmp_path, *extra):
 
 
 def test_keyboard_interrupt_exits_130_and_keeps_valid_parts(tmp_path, capsys, monkeypatch):
-    from bq_jax.studies import runner
+    from bq_jax.studies import registry
 
     calls = {"n": 0}
-    original = runner.MODULES["interpolation"].compute
+    original = registry.STUDIES["interpolation"].compute
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.MODULES["interpolation"], "compute", interrupted)
+    monkeypatch.setattr(registry.STUDIES["interpolation"], "compute", interrupted)
     out = tmp_path / "out"
     code = cli.main(
         ["reproduce", "digits", "--quick", "--no-progress", "--out", str(out), "--resolution", "16"]
@@ -134,7 +143,7 @@ def test_keyboard_interrupt_exits_130_and_keeps_valid_parts(tmp_path, capsys, mo
             json.loads((out / "parts" / name).read_text())
     assert not (out / "results.json").exists()
     # The re-run resumes: the bits sweep part is reused, the rest computed.
-    monkeypatch.setattr(runner.MODULES["interpolation"], "compute", original)
+    monkeypatch.setattr(registry.STUDIES["interpolation"], "compute", original)
     code = cli.main(
         ["reproduce", "digits", "--quick", "--no-progress", "--out", str(out), "--resolution", "16"]
     )

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bq_jax.studies import StudyConfig, default_config
 from bq_jax.stats import mean_rows, mean_std
+from bq_jax.studies import StudyConfig, default_config
 from bq_jax.studies.interpolation import (
     interpolated_weights,
     junction_points,
@@ -119,7 +119,7 @@ def test_transition_stats_counts_and_enrichment():
     expected = 2 * near.sum() / 64.0
     assert stats["expected_at_junctions"] == pytest.approx(expected, rel=1e-12)
     assert stats["junction_enrichment"] == pytest.approx(1.0 / expected, rel=1e-12)
-    assert stats["triple_junctions_from"] == 1 and stats["triple_junctions_to"] == 1
+    assert stats["triple_junction_count_from"] == 1 and stats["triple_junction_count_to"] == 1
 
 
 def test_transition_stats_no_change_gives_undefined_enrichment():
@@ -194,12 +194,18 @@ def test_interpolated_weights_rejects_two_bits():
         ({"dataset": "svhn"}, "dataset must be one of"),
         ({"dataset": "digits", "seeds": ()}, "seeds must be a non-empty tuple"),
         ({"dataset": "digits", "seeds": (0, 0)}, "seeds must be distinct"),
-        ({"dataset": "digits", "resolution": 4}, "resolution must be in"),
-        ({"dataset": "digits", "min_bits": 1}, "min_bits must be in"),
+        ({"dataset": "digits", "resolution": 4}, "resolution must be an int in"),
+        ({"dataset": "digits", "min_bits": 1}, "min_bits must be an int in"),
         ({"dataset": "digits", "min_bits": 5, "max_bits": 5}, "max_bits must exceed min_bits"),
-        ({"dataset": "digits", "rounding_bits": (4, 1)}, r"rounding_bits\[i\] must be in"),
-        ({"dataset": "digits", "jaccard_threshold": 1.5}, "jaccard_threshold must be in"),
-        ({"dataset": "digits", "band_quantile": 0.0}, "band_quantile must be in"),
+        ({"dataset": "digits", "rounding_bits": (4, 1)}, r"rounding_bits\[i\] must be an int in"),
+        (
+            {"dataset": "digits", "jaccard_threshold": 1.5},
+            "jaccard_threshold must be a finite number in",
+        ),
+        (
+            {"dataset": "digits", "band_quantile": 0.0},
+            r"band_quantile must be a finite number in \(0",
+        ),
         ({"dataset": "digits", "boundary_gap_weight": -1.0}, "boundary_gap_weight must be >= 0"),
     ],
 )

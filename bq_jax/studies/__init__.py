@@ -1,89 +1,38 @@
-"""The boundary-aware quantization paper's studies, one function per claim.
+"""Every study of the project, one module each, with one protocol and one runner.
 
-Each study takes a :class:`StudyConfig` and returns a JSON-friendly dict aggregated over
-``config.seeds`` (training seeds):
+The boundary-aware quantization paper's five studies run under :class:`StudyConfig`
+(``bq-jax reproduce DATASET``):
 
-* :func:`bits_sweep`     PTQ-W at every width: accuracy stays, boundaries move.
-* :func:`interpolation`  scale interpolation b -> b-1: label changes concentrate at junctions.
-* :func:`stopping`       accuracy rule vs boundary rule chosen on calibration, judged held-out.
-* :func:`rounding`       nearest vs AdaRound vs boundary-gap rounding at fixed widths.
-* :func:`correlation`    calibration vs held-out boundary Jaccard across variants.
+* :mod:`~bq_jax.studies.bits_sweep`     PTQ-W at every width: accuracy stays, boundaries move.
+* :mod:`~bq_jax.studies.interpolation`  scale interpolation b -> b-1: changes sit at junctions.
+* :mod:`~bq_jax.studies.stopping`       accuracy rule vs boundary rule chosen on calibration.
+* :mod:`~bq_jax.studies.rounding`       nearest vs AdaRound vs boundary-gap rounding.
+* :mod:`~bq_jax.studies.correlation`    calibration vs held-out boundary Jaccard distance.
 
-:func:`run` runs several of them resumably into an output directory (``bq-jax reproduce``).
+and three more, each under its own config:
 
-Quantizer of every PTQ-W variant: weights (every ``kernel``) signed symmetric, per output
-channel, min-max scale ``absmax / (2^(b-1) - 1)``, round half to even; biases and batch-norm
-statistics stay float; activations stay float.
+* :mod:`~bq_jax.studies.qat_basin`            PTQ leaves the loss basin, QAT returns
+  (``BasinConfig``, ``bq-jax qat-basin``).
+* :mod:`~bq_jax.studies.range_methods`        STE-QAT with each range-setting method
+  (``RangeMethodsConfig``, ``bq-jax range-methods``).
+* :mod:`~bq_jax.studies.rounding_comparison`  rounding rules over seeds with the boundary-gap
+  settings chosen on calibration data (``RoundingComparisonConfig``,
+  ``bq-jax rounding-comparison``).
+
+Every study module has the shape of :mod:`bq_jax.studies.protocol` (config, compute, aggregate,
+findings, figures, report section); :func:`run` runs any of them resumably into an output
+directory and :func:`run_study` in memory. results.json follows :mod:`bq_jax.studies.results`
+(versioned); metric names, splits and the mean/std convention are those of
+:mod:`bq_jax.vocabulary`. Each study's block is documented in its module.
+
+Quantizer of every PTQ-W variant of the paper's studies: weights (every ``kernel``) signed
+symmetric, per output channel, min-max scale ``absmax / (2^(b-1) - 1)``, round half to even;
+biases and batch-norm statistics stay float; activations stay float.
 
 Slices: PCA planes of the inputs as the model sees them, on an R x R grid (R = ``resolution``):
 ``train`` (training inputs; the bit sweep, interpolation and rounding), ``calibration``
 (calibration inputs only; what the stopping rules see) and ``heldout`` (held-out inputs; how the
 stopping choices are judged).
-
-results.json
-------------
-Written with sorted keys by :func:`bq_jax.report.write_json` (same seeds and settings give a
-byte-identical file). Aggregation over seeds: a number ``x`` is the mean over seeds and
-``x_std`` its sample standard deviation (ddof=1; 0.0 for one seed); ``n_seeds`` counts the
-seeds in a row; ``None`` marks a value undefined by construction (left out of the mean).
-
-Top level:
-
-* ``schema_version`` (int, 1), ``dataset`` (str), ``model`` (str, classifier architecture),
-  ``seeds`` (list of training seeds), ``resolution`` (grid side R of every slice), ``quick``
-  (bool), ``config`` (every setting a result depends on: :meth:`StudyConfig.fingerprint`).
-* ``float_accuracy``, ``float_accuracy_std``: held-out accuracy of the float classifier.
-* one key per study that was run (below), and ``per_seed``: a list of
-  ``{"seed": k, <study>: <that seed's un-aggregated result>, ...}``.
-
-``bits_sweep``:
-  ``rows``: one per width, widest first, with ``bits``; ``accuracy`` (held-out);
-  ``accuracy_drop`` (float minus quantized held-out accuracy); ``flip_rate`` (fraction of
-  held-out inputs whose label changed); ``boundary_jaccard`` (boundary-mask Jaccard distance
-  ``1 - |B_F ∧ B_Q| / |B_F ∨ B_Q|`` on the training PCA slice, tolerance 0); ``grid_change``
-  (fraction of slice grid points whose label changed); ``median_local_shift`` (median
-  ``|r_Q - r_F|`` of the local logit-margin radius over the boundary band, input units);
-  ``triple_junctions`` (number of triple-junction 2x2 cells of the quantized slice map);
-  ``band_flip_rate`` (label changes among boundary-band points: held-out points with float
-  ``|margin|`` below the ``band_quantile`` quantile of calibration margins);
-  ``pair_order_flip`` (fraction of band points where ``sign(z_a - z_b)`` of the float top-1 /
-  runner-up pair changed); ``normal_variation`` (median over the band of ``1 - <n_F, n_Q>``,
-  unit margin normals); ``band_size`` (band points), ``zero_gradient`` (band points left out
-  of the local metrics for a zero margin gradient), ``margin_radius_median``. A local metric
-  is None when no band point has a usable gradient. ``float_triple_junctions``: junction
-  cells of the float map.
-
-``interpolation``:
-  ``steps`` (t values per transition) and ``rows``, one per transition, with ``from_bits``,
-  ``to_bits``; ``changed_cells`` (sum over consecutive t of grid points whose label changed);
-  ``changed_cells_at_junctions`` (those within one cell, 8-neighbourhood, of a corner of a
-  triple-junction cell of either map); ``expected_at_junctions`` (that count if changes fell
-  uniformly on the grid); ``junction_enrichment`` (observed / expected; > 1: changes
-  concentrate at junctions; None if undefined); ``steps_with_changes``;
-  ``triple_junctions_from`` / ``triple_junctions_to`` (junction cells at t = 0 and t = 1).
-
-``stopping``:
-  ``jaccard_threshold`` (tau_J), ``accuracy_tolerance`` (epsilon); ``accuracy_rule`` and
-  ``boundary_rule``, each with ``bits`` (median over seeds of the chosen width),
-  ``bits_per_seed``, ``met`` (False if even ``max_bits`` failed the rule for some seed),
-  ``heldout_flip_rate``, ``heldout_boundary_jaccard`` (PCA slice of the held-out inputs),
-  ``heldout_accuracy``, ``calibration_accuracy_drop``, ``calibration_boundary_jaccard`` (PCA
-  slice of the calibration inputs), averaged over seeds at each seed's choice; ``rows``: those
-  five measurements for every width.
-
-``rounding``:
-  ``methods`` (``nearest``, ``adaround``, ``boundary_gap``), ``boundary_gap_weight``,
-  ``rounding_iters``, and ``rows``, one per (``bits``, ``method``), with ``accuracy``,
-  ``boundary_jaccard``, ``pair_order_flip`` and the other bit-sweep metrics, plus the stopping
-  study's calibration / held-out measurements.
-
-``correlation``:
-  ``pearson_r`` (mean over seeds of the per-seed Pearson r between calibration and held-out
-  boundary Jaccard), ``pearson_r_std``, ``pearson_r_min``, ``pearson_r_max``,
-  ``pearson_r_per_seed``, ``pearson_r_pooled`` (all seeds' points together), ``n_variants``
-  (variants per seed: every PTQ-W width plus the optimised rounding variants), ``points``
-  (``seed``, ``variant``, ``bits``, ``method``, ``calibration_boundary_jaccard``,
-  ``heldout_boundary_jaccard``).
 
 Example:
     >>> from bq_jax.studies import default_config, run
@@ -92,32 +41,41 @@ Example:
     8
 """
 
-from bq_jax.studies.bits_sweep import bits_sweep
 from bq_jax.studies.config import (
     DATASETS,
-    STUDIES,
+    PAPER_STUDIES,
+    BaseConfig,
     StudyConfig,
     StudyError,
     default_config,
+    make_config,
 )
-from bq_jax.studies.correlation import correlation
-from bq_jax.studies.interpolation import interpolation
-from bq_jax.studies.rounding import rounding
-from bq_jax.studies.runner import RunSummary, run, run_study
-from bq_jax.studies.stopping import stopping
+from bq_jax.studies.protocol import Finding
+from bq_jax.studies.qat_basin import BasinConfig
+from bq_jax.studies.range_methods import RangeMethodsConfig
+from bq_jax.studies.registry import STUDIES
+from bq_jax.studies.results import SCHEMA_VERSION, ResultsError, load_results
+from bq_jax.studies.rounding_comparison import RoundingComparisonConfig
+from bq_jax.studies.runner import RunSummary, run, run_study, train_only
 
 __all__ = [
     "DATASETS",
+    "PAPER_STUDIES",
+    "SCHEMA_VERSION",
     "STUDIES",
+    "BaseConfig",
+    "BasinConfig",
+    "Finding",
+    "RangeMethodsConfig",
+    "ResultsError",
+    "RoundingComparisonConfig",
     "RunSummary",
     "StudyConfig",
     "StudyError",
-    "bits_sweep",
-    "correlation",
     "default_config",
-    "interpolation",
-    "rounding",
+    "load_results",
+    "make_config",
     "run",
     "run_study",
-    "stopping",
+    "train_only",
 ]

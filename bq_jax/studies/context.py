@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bq_jax.studies.config import StudyConfig, StudyError
+from bq_jax import geometry, ptq, train
+from bq_jax.quant import QuantConfig
+from bq_jax.studies.config import BaseConfig, StudyError
 
 __all__ = ["SeedContext", "SLICE_KINDS", "weight_config"]
 
@@ -34,8 +36,6 @@ def weight_config(bits: int):
     weights collapse to a few levels at 4 bits and below). Min-max range keeps the comparison
     between bit widths free of a fitted clipping threshold.
     """
-    from bq_jax.quant import QuantConfig
-
     return QuantConfig(bits=bits, symmetric=True, granularity="per_channel", axis=-1)
 
 
@@ -48,9 +48,7 @@ class SeedContext:
         cache_dir: checkpoint cache of bq_jax.train (None: bq_jax.train's default).
     """
 
-    def __init__(self, config: StudyConfig, seed: int, *, cache_dir: str | None):
-        from bq_jax import train
-
+    def __init__(self, config: BaseConfig, seed: int, *, cache_dir: str | None):
         self.config = config
         self.seed = seed
         try:
@@ -83,11 +81,11 @@ class SeedContext:
     def inputs(self, split: str):
         """Inputs of ``split`` in {"train", "calibration", "heldout"}."""
         d = self.data
-        return {"train": d.x_train, "calibration": d.x_calibration, "heldout": d.x_test}[split]
+        return {"train": d.x_train, "calibration": d.x_calibration, "heldout": d.x_heldout}[split]
 
     def targets(self, split: str):
         d = self.data
-        return {"train": d.y_train, "calibration": d.y_calibration, "heldout": d.y_test}[split]
+        return {"train": d.y_train, "calibration": d.y_calibration, "heldout": d.y_heldout}[split]
 
     def predictions(self, params, split: str, key=None) -> np.ndarray:
         """Predicted labels int32[N] of ``params`` on ``split`` (memoised under ``key``)."""
@@ -117,8 +115,6 @@ class SeedContext:
     # -- slices and label maps -------------------------------------------------------------------
     def slice(self, kind: str):
         """The PCA slice of ``kind`` in :data:`SLICE_KINDS` at ``config.resolution``."""
-        from bq_jax import geometry
-
         if kind not in SLICE_KINDS:
             raise ValueError(f"slice kind must be one of {SLICE_KINDS}, got {kind!r}")
         if kind not in self._slices:
@@ -134,10 +130,7 @@ class SeedContext:
 
     def sweep(self, kind: str, params) -> np.ndarray:
         """Label map int32[R, R] of ``params`` on slice ``kind`` (not memoised)."""
-        from bq_jax import geometry
-        from bq_jax.ptq import stack_params
-
-        stack = stack_params([params])
+        stack = ptq.stack_params([params])
         return np.asarray(geometry.sweep_labels(self.apply_fn, stack, self.slice(kind))[0])
 
     def remember_labels(self, kind: str, key, labels) -> None:
@@ -156,8 +149,6 @@ class SeedContext:
     # -- quantized variants ----------------------------------------------------------------------
     def ptq(self, bits: int):
         """PTQ-W variables at ``bits`` (see :func:`weight_config`)."""
-        from bq_jax import ptq
-
         if bits not in self._ptq:
             self._ptq[bits] = ptq.quantize_weights(self.float_params, weight_config(bits))
         return self._ptq[bits]

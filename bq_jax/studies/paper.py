@@ -16,8 +16,12 @@ PAPER: dict[str, dict] = {
         # Jaccard 0.428 on the PCA slice; at 4 bits, accuracy remained 0.9733, while boundary
         # Jaccard rose to 0.970 and median local boundary shift reached 0.0290."
         "bits_sweep": {
-            8: {"flip_rate": 0.0, "boundary_jaccard": 0.428},
-            4: {"accuracy": 0.9733, "boundary_jaccard": 0.970, "median_local_shift": 0.0290},
+            8: {"flip_rate": 0.0, "boundary_jaccard_distance": 0.428},
+            4: {
+                "accuracy": 0.9733,
+                "boundary_jaccard_distance": 0.970,
+                "median_local_shift": 0.0290,
+            },
         },
         # "12, 34, and 17 triple-junction cells in the selected transitions" (which transitions
         # is not stated).
@@ -25,8 +29,8 @@ PAPER: dict[str, dict] = {
         # "reduced the digits held-out flip rate from 0.0094 to 0.0022 and boundary Jaccard from
         # 0.825 to 0.524" (accuracy rule -> boundary rule; the chosen widths are not stated).
         "stopping": {
-            "accuracy_rule": {"heldout_flip_rate": 0.0094, "heldout_boundary_jaccard": 0.825},
-            "boundary_rule": {"heldout_flip_rate": 0.0022, "heldout_boundary_jaccard": 0.524},
+            "accuracy_rule": {"flip_rate": 0.0094, "heldout_boundary_jaccard_distance": 0.825},
+            "boundary_rule": {"flip_rate": 0.0022, "heldout_boundary_jaccard_distance": 0.524},
         },
     },
     # "the same stopping rule also reduced flips on MNIST and Fashion-MNIST" (no numbers).
@@ -39,13 +43,13 @@ PAPER: dict[str, dict] = {
         "stopping": {
             "accuracy_rule": {
                 "bits": 6,
-                "heldout_flip_rate": 0.0367,
-                "heldout_boundary_jaccard": 0.184,
+                "flip_rate": 0.0367,
+                "heldout_boundary_jaccard_distance": 0.184,
             },
             "boundary_rule": {
                 "bits": 8,
-                "heldout_flip_rate": 0.0083,
-                "heldout_boundary_jaccard": 0.048,
+                "flip_rate": 0.0083,
+                "heldout_boundary_jaccard_distance": 0.048,
             },
         },
         # Full CIFAR-10, three seeds: "6-bit PTQ-W lost 0.0029 accuracy relative to float,
@@ -62,8 +66,8 @@ PAPER_UNSTATED_DATASET: dict[str, dict] = {
     # 0.3558, with an accuracy trade-off; the 3-bit stress test exposed the tuning limit."
     "rounding": {
         4: {
-            "nearest": {"boundary_jaccard": 0.457, "pair_order_flip": 0.3600},
-            "boundary_gap": {"boundary_jaccard": 0.435, "pair_order_flip": 0.3558},
+            "nearest": {"boundary_jaccard_distance": 0.457, "pair_order_flip": 0.3600},
+            "boundary_gap": {"boundary_jaccard_distance": 0.435, "pair_order_flip": 0.3558},
         }
     },
     # "Calibration boundary Jaccard predicted held-out boundary Jaccard across PTQ-W and

@@ -21,6 +21,10 @@ rounding rules:
 Every variant is measured like the bit sweep (accuracy, boundary Jaccard on the training PCA
 slice, boundary-band pair-order flip, ...) and, for the correlation study, like the stopping
 study (calibration and held-out boundary Jaccard).
+
+results.json block: ``methods``, ``boundary_gap_weight``, ``rounding_iters`` and ``rows``, one per
+(``bits``, ``method``), with the bit sweep's metrics and the stopping study's calibration /
+held-out measurements of that variant.
 """
 
 from __future__ import annotations
@@ -28,13 +32,30 @@ from __future__ import annotations
 import jax
 from tqdm.auto import tqdm
 
+from bq_jax import ptq
+from bq_jax.report import plot_metric_vs_bits
 from bq_jax.stats import mean_rows
 from bq_jax.studies.bits_sweep import metric_rows
+from bq_jax.studies.config import StudyConfig
 from bq_jax.studies.context import weight_config
+from bq_jax.studies.paper import PAPER_UNSTATED_DATASET
+from bq_jax.studies.protocol import Finding
+from bq_jax.studies.reporting import mean_std_cell, table
 from bq_jax.studies.stopping import variant_row
 
-__all__ = ["rounding", "METHODS", "rounded_weights", "compute", "aggregate", "DEPENDS"]
+__all__ = [
+    "METHODS",
+    "rounded_weights",
+    "compute",
+    "aggregate",
+    "findings",
+    "figures",
+    "report_section",
+]
 
+NAME = "rounding"
+TITLE = "Rounding at fixed bit widths"
+CONFIG = StudyConfig
 DEPENDS: tuple[str, ...] = ()
 
 #: Rounding rules compared, in report order.
@@ -48,10 +69,9 @@ def rounded_weights(ctx, bits: int, method: str, key, *, start=None):
     boundary-gap penalty: it starts from ``start`` (the AdaRound solution at these bits) and
     optimises all layers jointly for ``rounding_iters`` x (number of layers) steps, the same
     step budget, scoring the hard-rounded network (straight-through) so that the penalty is
-    met by the rounding that is deployed rather than by undecided soft weights.
+    met by the rounding that is deployed rather than by undecided soft weights. Its penalty's
+    boundary band is the study's ``band_quantile`` band.
     """
-    from bq_jax import ptq
-
     if method == "nearest":
         return ctx.ptq(bits)
     cfg = ctx.config
@@ -61,7 +81,7 @@ def rounded_weights(ctx, bits: int, method: str, key, *, start=None):
             ctx.apply_fn,
             ctx.float_params,
             ctx.inputs("calibration"),
-            ptq.AdaRoundConfig(weights=weights, iterations=cfg.rounding_iters),
+            ptq.AdaRoundConfig(weights=weights, rounding_iters=cfg.rounding_iters),
             key,
             progress=False,
         )
@@ -73,8 +93,9 @@ def rounded_weights(ctx, bits: int, method: str, key, *, start=None):
             ctx.inputs("calibration"),
             ptq.RoundingConfig(
                 weights=weights,
-                iterations=cfg.rounding_iters * n_layers,
-                gap_weight=cfg.boundary_gap_weight,
+                rounding_iters=cfg.rounding_iters * n_layers,
+                boundary_gap_weight=cfg.boundary_gap_weight,
+                band_quantile=cfg.band_quantile,
                 straight_through=True,
             ),
             key,
@@ -122,8 +143,89 @@ def aggregate(config, results: list[dict]) -> dict:
     }
 
 
-def rounding(config) -> dict:
-    """Run the rounding study over ``config.seeds`` in memory and return its aggregate."""
-    from bq_jax.studies.runner import run_study
+def findings(config, results: dict) -> list[Finding]:
+    """Boundary-gap rounding lowers the 4-bit boundary Jaccard distance below nearest's."""
+    rows = {(r["bits"], r["method"]): r for r in results["rows"]}
+    if (4, "nearest") not in rows or (4, "boundary_gap") not in rows:
+        return []
+    n, g = rows[(4, "nearest")], rows[(4, "boundary_gap")]
+    return [
+        Finding(
+            "boundary-gap rounding lowers the boundary Jaccard distance at 4 bits",
+            g["boundary_jaccard_distance"] < n["boundary_jaccard_distance"],
+            f"nearest {n['boundary_jaccard_distance']:.3f} -> boundary_gap "
+            f"{g['boundary_jaccard_distance']:.3f}",
+        )
+    ]
 
-    return run_study(config, "rounding")
+
+def figures(config, results: dict, first_result: dict, arrays: dict | None) -> dict:
+    """Accuracy, boundary Jaccard distance and pair-order flip per rounding rule."""
+    fig = plot_metric_vs_bits(
+        results["rows"],
+        metric=["accuracy", "boundary_jaccard_distance", "pair_order_flip"],
+        by="method",
+        title=f"{config.dataset}: rounding rules at fixed bit widths",
+    )
+    return {"rounding.png": fig}
+
+
+def report_section(sec, config, results: dict, figure_paths: dict) -> None:
+    """The per-(bits, method) table beside the paper's (unnamed data set) values."""
+    ref = PAPER_UNSTATED_DATASET["rounding"]
+    sec.text(
+        "Same per-channel grid, three rounding rules: nearest; AdaRound (layer-wise output "
+        f"reconstruction on calibration inputs, {results['rounding_iters']} steps per layer); "
+        f"boundary_gap (AdaRound + {results['boundary_gap_weight']:g} x boundary-gap penalty: "
+        "all layers jointly, starting from the AdaRound solution, the task, reconstruction and "
+        "gap terms scored on the hard-rounded network). The paper's numbers below are from a "
+        "data set its abstract does not name."
+    )
+    rows = []
+    for r in results["rows"]:
+        p = ref.get(r["bits"], {}).get(r["method"], {})
+        rows.append(
+            {
+                "bits": r["bits"],
+                "method": r["method"],
+                "accuracy": mean_std_cell(r, "accuracy"),
+                "boundary_jaccard_distance": mean_std_cell(r, "boundary_jaccard_distance"),
+                "paper Jaccard": p.get("boundary_jaccard_distance"),
+                "pair_order_flip": mean_std_cell(r, "pair_order_flip"),
+                "paper pair-order": p.get("pair_order_flip"),
+                "flip_rate": mean_std_cell(r, "flip_rate"),
+            }
+        )
+    table(
+        sec,
+        rows,
+        [
+            "bits",
+            "method",
+            "accuracy",
+            "boundary_jaccard_distance",
+            "paper Jaccard",
+            "pair_order_flip",
+            "paper pair-order",
+            "flip_rate",
+        ],
+        formats={"paper Jaccard": ".3f", "paper pair-order": ".4f"},
+    )
+    by = {(r["bits"], r["method"]): r for r in results["rows"]}
+    lines = []
+    for b, methods in ref.items():
+        if (b, "nearest") not in by or (b, "boundary_gap") not in by:
+            continue
+        n, g = by[(b, "nearest")], by[(b, "boundary_gap")]
+        pn, pg = methods["nearest"], methods["boundary_gap"]
+        for key, fmt in (("boundary_jaccard_distance", ".3f"), ("pair_order_flip", ".4f")):
+            lines.append(
+                f"{b}-bit {key} nearest -> boundary_gap: ours {format(n[key], fmt)} -> "
+                f"{format(g[key], fmt)} ({format(g[key] - n[key], '+' + fmt)}), paper "
+                f"{format(pn[key], fmt)} -> {format(pg[key], fmt)} "
+                f"({format(pg[key] - pn[key], '+' + fmt)})."
+            )
+    if lines:
+        sec.bullets(lines)
+    for path in figure_paths.values():
+        sec.figure(path, "Accuracy, boundary Jaccard distance and pair-order flip per rule.")

@@ -1,28 +1,26 @@
-"""Run studies over seeds, resumably, and write results.json, report.md and figures.
+"""The one runner of every study: over seeds, resumably, into results.json, report.md and figures.
 
 Layout of an output directory ``OUT``::
 
-    OUT/results.json               aggregated results (keys: see bq_jax.studies)
-    OUT/report.md                  tables, the paper's values beside ours, settings and reasons
-    OUT/figures/*.png              one or more figures per study
+    OUT/results.json               aggregated results (schema: bq_jax.studies.results)
+    OUT/report.md                  findings, one section per study, settings and reasons
+    OUT/figures/*.png              the studies' figures
     OUT/parts/<study>_seed<k>.json one finished (study, seed) part: {"study", "seed", "config",
-                                   "depends", "result"}; written atomically, so it is either
-                                   complete or absent
-    OUT/parts/<study>_seed<k>.npz  arrays for the figures (slice label maps), written before the
-                                   .json part
+                                   "depends", "arrays_sha256", "result"}; written atomically, so
+                                   it is either complete or absent
+    OUT/parts/<study>_seed<k>.npz  arrays for the figures, written before the .json part
     OUT/checkpoints/               trained float classifiers (bq_jax.train's cache)
 
-A part is reused when its ``config`` equals the current :meth:`StudyConfig.fingerprint` and,
-for a study built on other studies, the digests of the parts it was built from still match;
-otherwise it is recomputed. Parts are written as soon as they are finished, so Ctrl-C loses at
-most the part in progress.
+A part is reused when its ``config`` equals the current config's fingerprint, the digests of the
+parts it was built from still match and its arrays file has the recorded SHA-256; otherwise it is
+recomputed. Parts are written as soon as they are finished, so Ctrl-C loses at most the part in
+progress.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import io
 import os
 import time
@@ -30,13 +28,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bq_jax.studies.config import STUDIES, StudyConfig, StudyError
+from bq_jax.report import atomic_write, json_dumps, read_json, write_json
+from bq_jax.studies import registry, reporting
+from bq_jax.studies.config import BaseConfig
+from bq_jax.studies.context import SeedContext
+from bq_jax.studies.results import assemble
 
 __all__ = ["RunSummary", "run", "run_study", "train_only", "part_path"]
-
-#: The module that computes each study (``compute``, ``aggregate``, ``DEPENDS``). Looked up by
-#: module path: the package namespace binds each name to the study function instead.
-MODULES = {name: importlib.import_module(f"bq_jax.studies.{name}") for name in STUDIES}
 
 
 @dataclasses.dataclass
@@ -64,58 +62,83 @@ def part_path(out: str, study: str, seed: int, ext: str = "json") -> str:
     return os.path.join(out, "parts", f"{study}_seed{seed}.{ext}")
 
 
-def _needed(studies: Sequence[str]) -> list[str]:
-    need = set()
-
-    def add(s):
-        if s not in need:
-            need.add(s)
-            for d in MODULES[s].DEPENDS:
-                add(d)
-
-    for s in studies:
-        add(s)
-    return [s for s in STUDIES if s in need]
-
-
 def _digest(obj) -> str:
-    from bq_jax.report import json_dumps
-
     return hashlib.sha256(json_dumps(obj).encode()).hexdigest()[:16]
 
 
-def _save_arrays(path: str, arrays: dict) -> None:
-    from bq_jax.report import atomic_write
-
+def _save_arrays(path: str, arrays: dict) -> str:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def _load_part(path: str, fingerprint: dict, depends: dict) -> dict | None:
-    from bq_jax.report import read_json
-
+def _load_arrays(path: str, sha256: str | None) -> dict | None:
+    """The arrays at ``path`` if the file exists and has checksum ``sha256``; else None."""
+    if sha256 is None:
+        return None
     try:
-        part = read_json(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    with np.load(io.BytesIO(data)) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _load_part(out: str, study: str, seed: int, fingerprint: dict, depends: dict) -> dict | None:
+    """A finished part whose settings, dependencies and arrays still match; else None."""
+    try:
+        part = read_json(part_path(out, study, seed))
     except (OSError, ValueError):
         return None
+    if not isinstance(part, dict) or not isinstance(part.get("result"), dict):
+        return None
     if part.get("config") != fingerprint or part.get("depends") != depends:
+        return None
+    sha = part.get("arrays_sha256")
+    if sha is not None and _load_arrays(part_path(out, study, seed, "npz"), sha) is None:
         return None
     return part
 
 
+def _check_studies(config: BaseConfig, studies: Sequence[str] | None) -> list[str]:
+    if not isinstance(config, BaseConfig):
+        raise TypeError(
+            f"config must be a study config (a bq_jax.studies.BaseConfig), got "
+            f"{type(config).__name__}"
+        )
+    names = registry.studies_for(type(config)) if studies is None else list(studies)
+    for s in names:
+        module = registry.study(s)  # raises naming the known studies
+        if not isinstance(config, module.CONFIG):
+            raise TypeError(
+                f"study {s!r} runs under a {module.CONFIG.__name__}, got a {type(config).__name__}"
+            )
+    if not names:
+        raise ValueError("studies must name at least one study")
+    return names
+
+
 def run(
-    config: StudyConfig,
+    config: BaseConfig,
     out: str,
     studies: Sequence[str] | None = None,
+    *,
+    command: str | None = None,
 ) -> RunSummary:
-    """Run ``studies`` (default: all) for every seed of ``config``; write everything under ``out``.
+    """Run ``studies`` for every seed of ``config``; write everything under ``out``.
 
     Args:
-        config: the study settings.
+        config: the study settings (a :class:`~bq_jax.studies.config.BaseConfig` subclass).
         out: output directory (created if missing).
-        studies: names from :data:`STUDIES`; studies they build on run too (their parts are
-            written) but only the requested ones appear in results.json and report.md.
+        studies: study names (default: every study of ``type(config)``); studies they build on
+            run too (their parts are written) but only the requested ones appear in
+            results.json and report.md.
+        command: the command line that reproduces this run, quoted in report.md.
 
     Returns:
         A :class:`RunSummary` with the computed/reused parts and the results dict.
@@ -126,18 +149,13 @@ def run(
     """
     from tqdm.auto import tqdm
 
-    from bq_jax.report import write_json
-    from bq_jax.studies.context import SeedContext
-
     start = time.perf_counter()
-    requested = list(STUDIES if studies is None else studies)
-    for s in requested:
-        if s not in STUDIES:
-            raise ValueError(f"studies must be names from {STUDIES}, got {s!r}")
-    order = _needed(requested)
+    requested = _check_studies(config, studies)
+    order = registry.with_dependencies(requested)
     fingerprint = config.fingerprint()
     summary = RunSummary(out=out)
     per_seed: dict[str, list[dict]] = {s: [] for s in order}
+    first_arrays: dict[str, dict | None] = {}
     ckpt = os.path.join(out, "checkpoints")
     bar = tqdm(
         total=len(order) * len(config.seeds),
@@ -146,80 +164,59 @@ def run(
         disable=not config.progress,
     )
     try:
-        for seed in config.seeds:
+        for i, seed in enumerate(config.seeds):
             ctx = None
             done: dict[str, dict] = {}
-            for study in order:
-                module = MODULES[study]
+            for name in order:
+                module = registry.study(name)
                 deps = {d: done[d]["result"] for d in module.DEPENDS}
                 dep_digests = {d: _digest(v) for d, v in sorted(deps.items())}
-                path = part_path(out, study, seed)
-                part = _load_part(path, fingerprint, dep_digests)
-                name = f"{study}_seed{seed}"
+                part = _load_part(out, name, seed, fingerprint, dep_digests)
+                label = f"{name}_seed{seed}"
                 if part is None:
-                    bar.set_postfix_str(f"{study} seed {seed}")
+                    bar.set_postfix_str(f"{name} seed {seed}")
                     if ctx is None:
                         ctx = SeedContext(config, seed, cache_dir=ckpt)
                     result, arrays = module.compute(config, seed, ctx, deps)
+                    sha = None
                     if arrays:
-                        _save_arrays(part_path(out, study, seed, "npz"), arrays)
+                        sha = _save_arrays(part_path(out, name, seed, "npz"), arrays)
                     part = {
-                        "study": study,
+                        "study": name,
                         "seed": seed,
                         "config": fingerprint,
                         "depends": dep_digests,
+                        "arrays_sha256": sha,
                         "result": result,
                     }
-                    write_json(path, part)
-                    summary.computed.append(name)
+                    write_json(part_path(out, name, seed), part)
+                    summary.computed.append(label)
                 else:
-                    summary.reused.append(name)
-                done[study] = part
-                per_seed[study].append(part["result"])
+                    summary.reused.append(label)
+                if i == 0:
+                    first_arrays[name] = _load_arrays(
+                        part_path(out, name, seed, "npz"), part.get("arrays_sha256")
+                    )
+                done[name] = part
+                per_seed[name].append(part["result"])
                 bar.update()
             del ctx
     finally:
         bar.close()
     results = assemble(config, {s: per_seed[s] for s in requested})
     write_json(os.path.join(out, "results.json"), results)
-    from bq_jax.studies import reporting
-
-    reporting.write_figures(config, results, out)
+    modules = {s: registry.study(s) for s in requested}
+    figures = reporting.write_figures(
+        config, results, modules, {s: first_arrays[s] for s in requested}, out
+    )
     summary.wall_time_s = time.perf_counter() - start
-    reporting.write_report(config, results, out, summary=summary)
+    reporting.write_report(config, results, modules, out, figures, summary=summary, command=command)
     summary.results = results
     return summary
 
 
-def assemble(config: StudyConfig, per_seed: dict[str, list[dict]]) -> dict:
-    """The results.json dict from each requested study's per-seed results (seed order)."""
-    first = next(iter(per_seed.values()))
-    float_acc = [r["float_accuracy"] for r in first]
-    from bq_jax.stats import mean_std
-
-    mean, std = mean_std(float_acc)
-    results = {
-        "schema_version": 1,
-        "dataset": config.dataset,
-        "model": first[0]["model"],
-        "seeds": list(config.seeds),
-        "resolution": config.resolution,
-        "quick": config.quick,
-        "config": config.fingerprint(),
-        "float_accuracy": mean,
-        "float_accuracy_std": std,
-    }
-    for study, results_per_seed in per_seed.items():
-        results[study] = MODULES[study].aggregate(config, results_per_seed)
-    results["per_seed"] = [
-        {"seed": seed, **{study: per_seed[study][i] for study in per_seed}}
-        for i, seed in enumerate(config.seeds)
-    ]
-    return results
-
-
-def run_study(config: StudyConfig, study: str, *, cache_dir: str | None = None) -> dict:
-    """Run one study in memory (no parts) over ``config.seeds`` and return its aggregate.
+def run_study(config: BaseConfig, study: str, *, cache_dir: str | None = None) -> dict:
+    """Run one study in memory (no files) over ``config.seeds`` and return its aggregate.
 
     Studies it builds on are computed too (and not returned).
 
@@ -227,26 +224,22 @@ def run_study(config: StudyConfig, study: str, *, cache_dir: str | None = None) 
         >>> from bq_jax.studies import StudyConfig, run_study
         >>> run_study(StudyConfig(dataset="digits", seeds=(0,)), "bits_sweep")  # doctest: +SKIP
     """
-    from bq_jax.studies.context import SeedContext
-
-    if study not in STUDIES:
-        raise ValueError(f"study must be one of {STUDIES}, got {study!r}")
-    order = _needed([study])
-    results = []
+    _check_studies(config, [study])
+    order = registry.with_dependencies([study])
+    per_seed = []
     for seed in config.seeds:
         ctx = SeedContext(config, seed, cache_dir=cache_dir)
-        done = {}
-        for s in order:
-            module = MODULES[s]
-            done[s], _ = module.compute(config, seed, ctx, {d: done[d] for d in module.DEPENDS})
-        results.append(done[study])
-    return MODULES[study].aggregate(config, results)
+        done: dict[str, dict] = {}
+        for name in order:
+            module = registry.study(name)
+            deps = {d: done[d] for d in module.DEPENDS}
+            done[name], _ = module.compute(config, seed, ctx, deps)
+        per_seed.append(done[study])
+    return registry.study(study).aggregate(config, per_seed)
 
 
-def train_only(config: StudyConfig, out: str) -> list[str]:
+def train_only(config: BaseConfig, out: str) -> list[str]:
     """Train (or load) the float classifier of every seed; one summary line per seed."""
-    from bq_jax.studies.context import SeedContext
-
     lines = []
     for seed in config.seeds:
         ctx = SeedContext(config, seed, cache_dir=os.path.join(out, "checkpoints"))
@@ -255,6 +248,3 @@ def train_only(config: StudyConfig, out: str) -> list[str]:
             f"{ctx.float_accuracy:.4f} (checkpoints in {os.path.join(out, 'checkpoints')})"
         )
     return lines
-
-
-__all__ += ["StudyError", "assemble", "MODULES"]
