@@ -225,3 +225,32 @@ def test_fingerprint_ignores_paths_and_display():
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != default_config("digits", resolution=128).fingerprint()
     assert default_config("digits").bits == (8, 7, 6, 5, 4, 3, 2)
+
+
+# ------------------------------------------------------------------------------ results schema
+
+
+def test_load_results_refuses_an_older_schema_with_a_way_out(tmp_path):
+    from bq_jax.studies import ResultsError, load_results
+
+    path = tmp_path / "results.json"
+    path.write_text('{"schema_version": 1, "bits_sweep": {"rows": []}}')
+    with pytest.raises(ResultsError, match=r"schema_version 1.*boundary_jaccard_distance.*Re-run"):
+        load_results(str(path))
+    path.write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="not a bq_jax results.json"):
+        load_results(str(path))
+
+
+def test_every_study_module_has_the_protocol_and_its_config_fields_have_flag_help():
+    import dataclasses
+
+    from bq_jax import vocabulary
+    from bq_jax.studies import STUDIES
+    from bq_jax.studies.protocol import PROTOCOL
+
+    for name, module in STUDIES.items():
+        assert module.NAME == name
+        assert all(hasattr(module, attr) for attr in PROTOCOL), name
+        for field in dataclasses.fields(module.CONFIG):
+            assert field.name in vocabulary.HYPERPARAMETERS, (name, field.name)

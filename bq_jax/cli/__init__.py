@@ -64,6 +64,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
     """The parser (a sub-parser per command) and each command's config-derived flag names."""
     from bq_jax import studies
     from bq_jax.cli.flags import add_config_flags
+    from bq_jax.data import DATASETS
 
     parser = Parser(
         prog=PROG,
@@ -76,7 +77,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
     names = {}
     for name, spec in COMMANDS.items():
         p = sub.add_parser(name, help=spec.summary, description=spec.description)
-        p.add_argument("dataset", type=_dataset, metavar="DATASET", help="data set name")
+        p.add_argument(
+            "dataset", type=_dataset, metavar="DATASET", help=f"one of {', '.join(DATASETS)}"
+        )
         p.add_argument(
             "--out",
             metavar="DIR",

@@ -124,16 +124,16 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> list
         default = field.default
         if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
-        shown = f"default: {_show(default)}"
+        shown = [] if default is None else [f"default: {_show(default)}"]
         if field.name in quick:
-            shown += f"; with --quick: {_show(quick[field.name])}"
+            shown.append(f"with --quick: {_show(quick[field.name])}")
         parser.add_argument(
             flag_name(field.name),
             dest=field.name,
             type=convert,
             default=argparse.SUPPRESS,
             metavar=field.name.upper(),
-            help=f"{HYPERPARAMETERS[field.name]} ({shown})",
+            help=HYPERPARAMETERS[field.name] + (f" ({'; '.join(shown)})" if shown else ""),
         )
         names.append(field.name)
     return names

@@ -32,7 +32,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from bq_jax.quant import ranges as _ranges
+from bq_jax.quant import ranges as range_setting
 from bq_jax.quant.common import check_axis, check_x, compute_dtype, is_int, scale_floor
 from bq_jax.quant.floating import FLOAT_FORMATS, float_fake_quant, float_format_max
 from bq_jax.quant.integer import (
@@ -130,9 +130,10 @@ class QuantConfig:
             )
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {self.rounding!r}")
-        if self.range_method not in _ranges.RANGE_METHODS:
+        if self.range_method not in range_setting.RANGE_METHODS:
             raise ValueError(
-                f"range_method must be one of {_ranges.RANGE_METHODS}, got {self.range_method!r}"
+                f"range_method must be one of {range_setting.RANGE_METHODS}, "
+                f"got {self.range_method!r}"
             )
         p = self.percentile
         if isinstance(p, bool) or not isinstance(p, int | float):
@@ -197,7 +198,7 @@ def _view(x, config: QuantConfig) -> tuple[jax.Array, tuple[int, ...]]:
     if config.granularity == "per_tensor":
         return x, tuple(range(x.ndim))
     if config.granularity == "per_channel":
-        return x, _ranges.channel_reduce_axes(x.ndim, config.axis)
+        return x, range_setting.channel_reduce_axes(x.ndim, config.axis)
     return to_groups(x, axis=config.axis, group_size=config.group_size), (1,)
 
 
@@ -216,14 +217,16 @@ def _check_x(x, config) -> jax.Array:
 # ----------------------------------------------------------------------------- qparams
 
 
-def _clip_range(xv, axes, config: QuantConfig) -> _ranges.ClipRange:
+def _clip_range(xv, axes, config: QuantConfig) -> range_setting.ClipRange:
     m, sym = config.range_method, config.symmetric
     if m == "minmax":
-        return _ranges.minmax(xv, reduce_axes=axes, symmetric=sym)
+        return range_setting.minmax(xv, reduce_axes=axes, symmetric=sym)
     if m == "percentile":
-        return _ranges.percentile(xv, float(config.percentile), reduce_axes=axes, symmetric=sym)
+        return range_setting.percentile(
+            xv, float(config.percentile), reduce_axes=axes, symmetric=sym
+        )
     if m == "mse":
-        return _ranges.mse(
+        return range_setting.mse(
             xv,
             bits=config.bits,
             symmetric=sym,
@@ -233,8 +236,8 @@ def _clip_range(xv, axes, config: QuantConfig) -> _ranges.ClipRange:
             fmt=config.fmt,
         )
     if m == "octav":
-        return _ranges.octav(xv, bits=config.bits, symmetric=sym, reduce_axes=axes)
-    return _ranges.gaussian(
+        return range_setting.octav(xv, bits=config.bits, symmetric=sym, reduce_axes=axes)
+    return range_setting.gaussian(
         xv, bits=config.bits, symmetric=sym, narrow=config.narrow, reduce_axes=axes
     )
 
@@ -327,7 +330,7 @@ def _compute_qparams_jit(x, config: QuantConfig) -> QParams:
     xmax = jnp.max(xv, axis=axes, keepdims=True)
     if config.is_int:
         qmin, qmax = config.qrange
-        qp = _ranges.qparams_from_range(
+        qp = range_setting.qparams_from_range(
             rng.lo, rng.hi, qmin=qmin, qmax=qmax, symmetric=config.symmetric
         )
         qp = _exact_constant_qparams(xmin, xmax, qp, n=None, symmetric=config.symmetric)

@@ -96,13 +96,13 @@ def write_report(
     text."""
     names = results["studies"]
     title = (
-        modules[names[0]].TITLE
+        f"{modules[names[0]].TITLE}: {config.dataset}"
         if len(names) == 1
-        else "Boundary-aware quantization: the paper's studies"
+        else f"Boundary-aware quantization on {config.dataset}: {', '.join(names)}"
     )
     seeds = results["seeds"]
     rep = Report(
-        f"{title}: {config.dataset}",
+        title,
         intro=(
             f"Model `{results['model']}`, training seeds {seeds}, slice grid "
             f"{config.resolution}x{config.resolution}"
@@ -121,11 +121,19 @@ def write_report(
             "python",
         )
     if summary is not None and summary.wall_time_s is not None:
-        sec.text(
-            f"The run that wrote this report took {summary.wall_time_s:.0f} s "
+        run = (
+            f"the run that wrote this report took {summary.wall_time_s:.0f} s "
             f"({len(summary.computed)} parts computed, {len(summary.reused)} reused from "
             "earlier runs)."
         )
+        times = list(summary.compute_s.values())
+        if times and None not in times:
+            sec.text(
+                f"Computing its {len(times)} parts took {sum(times):.0f} s in all (timed when "
+                f"each was computed, training or loading the float classifier included); {run}"
+            )
+        else:
+            sec.text(run[0].upper() + run[1:])
     if results["findings"]:
         sec = rep.section("Findings, checked on these numbers")
         table(

@@ -6,8 +6,8 @@ Layout of an output directory ``OUT``::
     OUT/report.md                  findings, one section per study, settings and reasons
     OUT/figures/*.png              the studies' figures
     OUT/parts/<study>_seed<k>.json one finished (study, seed) part: {"study", "seed", "config",
-                                   "depends", "arrays_sha256", "result"}; written atomically, so
-                                   it is either complete or absent
+                                   "depends", "arrays_sha256", "compute_s", "result"}; written
+                                   atomically, so it is either complete or absent
     OUT/parts/<study>_seed<k>.npz  arrays for the figures, written before the .json part
     OUT/checkpoints/               trained float classifiers (bq_jax.train's cache)
 
@@ -46,6 +46,8 @@ class RunSummary:
     reused: list[str] = dataclasses.field(default_factory=list)
     results: dict | None = None
     wall_time_s: float | None = None
+    # Seconds each part took to compute when it was computed (reused parts keep their time).
+    compute_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         """One line for the terminal."""
@@ -175,9 +177,11 @@ def run(
                 label = f"{name}_seed{seed}"
                 if part is None:
                     bar.set_postfix_str(f"{name} seed {seed}")
+                    t0 = time.perf_counter()
                     if ctx is None:
                         ctx = SeedContext(config, seed, cache_dir=ckpt)
                     result, arrays = module.compute(config, seed, ctx, deps)
+                    seconds = round(time.perf_counter() - t0, 1)
                     sha = None
                     if arrays:
                         sha = _save_arrays(part_path(out, name, seed, "npz"), arrays)
@@ -187,12 +191,14 @@ def run(
                         "config": fingerprint,
                         "depends": dep_digests,
                         "arrays_sha256": sha,
+                        "compute_s": seconds,
                         "result": result,
                     }
                     write_json(part_path(out, name, seed), part)
                     summary.computed.append(label)
                 else:
                     summary.reused.append(label)
+                summary.compute_s[label] = part.get("compute_s")
                 if i == 0:
                     first_arrays[name] = _load_arrays(
                         part_path(out, name, seed, "npz"), part.get("arrays_sha256")
