@@ -100,6 +100,7 @@ def compare(
     variant_batching: str = "auto",
     grad_tol: float = GRAD_TOL,
     return_maps: bool = False,
+    mesh=None,
 ) -> dict[str, np.ndarray]:
     """All decision-geometry metrics of V parameter variants against the float model.
 
@@ -147,6 +148,10 @@ def compare(
         chunk_size, variant_batching: as in :func:`~bq_jax.geometry.sweep_labels`.
         grad_tol: gradient norms at or below this are zero.
         return_maps: also return the label maps.
+        mesh: devices the slice sweep and the point evaluations are sharded over, as in
+            :func:`~bq_jax.geometry.sweep_labels` (None: all local devices when more than one;
+            results identical to one device). The local geometry at the band points runs on
+            one device.
 
     Returns:
         dict of numpy arrays (see above); :func:`compare_records` turns it into JSON rows.
@@ -184,6 +189,12 @@ def compare(
                 f"{name} must be a non-empty batch [N, *{slc.input_shape}] like the slice's "
                 f"inputs, got {arr.shape}"
             )
+
+    def sweep(stack, names):
+        return run_sweep(
+            apply_fn, stack, slc, chunk_size, variant_batching, True, True, names, mesh
+        )
+
     n_h = heldout_x.shape[0]
     points = jnp.concatenate([heldout_x, calibration_x])
     stack_f = _stack1(params_float)
@@ -191,20 +202,20 @@ def compare(
         # one stack [float, variants...]: one compiled sweep and one evaluation for all models
         both = jax.tree.map(lambda f, q: jnp.concatenate([f, q]), stack_f, params_variants)
         names = _both_names
-        labels = run_sweep(apply_fn, both, slc, chunk_size, variant_batching, True, True, names)
+        labels = sweep(both, names)
         labels_f, labels_q = labels[0], labels[1:]
-        z = run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names)
+        z = run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names, mesh)
         zf, zq, zc = z[0, :n_h], z[1:, :n_h], z[0, n_h:]
     else:
-        labels_f = run_sweep(
-            apply_fn, stack_f, slc, chunk_size, variant_batching, True, True, _float_name
+        labels_f = sweep(stack_f, _float_name)[0]
+        labels_q = sweep(params_variants, None)
+        z = run_eval(
+            apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name, mesh
         )[0]
-        labels_q = run_sweep(
-            apply_fn, params_variants, slc, chunk_size, variant_batching, True, True
-        )
-        z = run_eval(apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name)[0]
         zf, zc = z[:n_h], z[n_h:]
-        zq = run_eval(apply_fn, params_variants, heldout_x, chunk_size, variant_batching, True)
+        zq = run_eval(
+            apply_fn, params_variants, heldout_x, chunk_size, variant_batching, True, None, mesh
+        )
     mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
 
     a, _ = M.top2(zf)
