@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bq_jax.geometry import metrics as M
+from bq_jax.geometry.adaptive import adaptive_labels
 from bq_jax.geometry.engine import (
     check_chunk,
     num_variants,
@@ -21,7 +22,10 @@ from bq_jax.geometry.local import GRAD_TOL, margin_radius
 from bq_jax.geometry.slices import Slice
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
-__all__ = ["COMPARE_KEYS", "compare", "compare_records"]
+__all__ = ["COMPARE_KEYS", "SLICE_LABELS", "compare", "compare_records"]
+
+#: Accepted values of :func:`compare`'s ``slice_labels``.
+SLICE_LABELS = ("dense", "adaptive", "adaptive-certified")
 
 #: Keys of :func:`compare`'s result (each a numpy array with one entry per variant).
 COMPARE_KEYS = (
@@ -101,6 +105,7 @@ def compare(
     grad_tol: float = GRAD_TOL,
     return_maps: bool = False,
     mesh=None,
+    slice_labels: str = "dense",
 ) -> dict[str, np.ndarray]:
     """All decision-geometry metrics of V parameter variants against the float model.
 
@@ -152,6 +157,11 @@ def compare(
             :func:`~bq_jax.geometry.sweep_labels` (None: all local devices when more than one;
             results identical to one device). The local geometry at the band points runs on
             one device.
+        slice_labels: how the label maps are computed: ``"dense"`` (every grid point, the
+            default), ``"adaptive"`` or ``"adaptive-certified"``
+            (:func:`~bq_jax.geometry.adaptive_labels` with ``certified`` False / True; equal to
+            the dense maps on the tested models, not guaranteed in general -- see
+            :mod:`bq_jax.geometry.adaptive`; ``mesh`` does not apply to them).
 
     Returns:
         dict of numpy arrays (see above); :func:`compare_records` turns it into JSON rows.
@@ -189,11 +199,18 @@ def compare(
                 f"{name} must be a non-empty batch [N, *{slc.input_shape}] like the slice's "
                 f"inputs, got {arr.shape}"
             )
+    if slice_labels not in SLICE_LABELS:
+        raise ValueError(f"slice_labels must be one of {SLICE_LABELS}, got {slice_labels!r}")
 
     def sweep(stack, names):
-        return run_sweep(
-            apply_fn, stack, slc, chunk_size, variant_batching, True, True, names, mesh
-        )
+        if slice_labels == "dense":
+            return run_sweep(
+                apply_fn, stack, slc, chunk_size, variant_batching, True, True, names, mesh
+            )
+        certified = slice_labels == "adaptive-certified"
+        return adaptive_labels(
+            apply_fn, stack, slc, certified=certified, chunk_size=chunk_size
+        ).labels
 
     n_h = heldout_x.shape[0]
     points = jnp.concatenate([heldout_x, calibration_x])
