@@ -130,12 +130,6 @@ def _lattice(r: int, step: int) -> np.ndarray:
     return np.unique(np.r_[np.arange(0, r, step), r - 1])
 
 
-def _cell_of(lattice: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Index of the lattice cell ``[X[c], X[c+1]]`` holding each coordinate (right-closed at
-    the end)."""
-    return np.clip(np.searchsorted(lattice, coords, side="right") - 1, 0, len(lattice) - 2)
-
-
 class _Evaluator:
     """Pads each batch of points to a power of two and evaluates it with the jitted kernels."""
 
@@ -173,13 +167,32 @@ class _Evaluator:
         return np.asarray(g)[: ii.size]
 
 
+def _children(r0, r1, c0, c1):
+    """The 2, 3 or 4 halves of each cell ``[r0, r1] x [c0, c1]`` (an axis of span 1 is kept)."""
+    rm, cm = (r0 + r1) // 2, (c0 + c1) // 2
+    split_r, split_c = r1 - r0 > 1, c1 - c0 > 1
+    rows = ((r0, np.where(split_r, rm, r1), np.ones_like(split_r)), (rm, r1, split_r))
+    cols = ((c0, np.where(split_c, cm, c1), np.ones_like(split_c)), (cm, c1, split_c))
+    out = [[], [], [], []]
+    for a, b, ok_r in rows:
+        for c, d, ok_c in cols:
+            ok = ok_r & ok_c
+            for lst, arr in zip(out, (a, b, c, d), strict=True):
+                lst.append(arr[ok])
+    return tuple(np.concatenate(lst) for lst in out)
+
+
 def _trace_one(ev: _Evaluator, slc: Slice, step: int, certified: bool, lipschitz, safety):
-    """One label map: returns ``(labels, evaluations, L, lipschitz_refined)``."""
+    """One label map: returns ``(labels, evaluations, L, lipschitz_refined)``.
+
+    Cells are index rectangles ``[r0, r1] x [c0, c1]`` of the grid; the coarse ones tile it
+    (spans ``step``, the last row/column of cells shorter). Each level evaluates the corners
+    of the children of the cells refined on the level before.
+    """
     r = slc.resolution
     labels = np.full((r, r), -1, np.int32)
     gap = np.full((r, r), np.inf, np.float32)
     evaluated = np.zeros((r, r), bool)
-    filled = np.zeros((r, r), bool)
     spacing = (np.asarray(slc.u_max, np.float64) - np.asarray(slc.u_min, np.float64)) / (r - 1)
 
     def evaluate(ii, jj):
@@ -199,55 +212,50 @@ def _trace_one(ev: _Evaluator, slc: Slice, step: int, certified: bool, lipschitz
             xe = _lattice(r, min(step, max(1, (r - 1) // 32)))
             ei, ej = (a.ravel() for a in np.meshgrid(xe, xe, indexing="ij"))
             big_l = safety * float(np.max(ev.gradient(ei, ej)))
+    r0, c0 = (a.ravel() for a in np.meshgrid(x[:-1], x[:-1], indexing="ij"))
+    r1, c1 = (a.ravel() for a in np.meshgrid(x[1:], x[1:], indexing="ij"))
     refined_by_l = 0
-    parent_refine = None  # cells of the previous level that were refined
-    x_prev = None
-    all_coords = np.arange(r)
-    while True:
-        nc = len(x) - 1
-        corners = labels[np.ix_(x, x)]
-        c00, c01, c10, c11 = corners[:-1, :-1], corners[:-1, 1:], corners[1:, :-1], corners[1:, 1:]
-        mixed = (c00 != c01) | (c00 != c10) | (c00 != c11)
-        active = np.ones((nc, nc), bool)
-        if parent_refine is not None:
-            pc = _cell_of(x_prev, x[:-1])
-            active = parent_refine[np.ix_(pc, pc)]
-        span = np.diff(x)
-        splittable = (span[:, None] > 1) | (span[None, :] > 1)
-        refine = mixed & active
+    coarse = True
+    while r0.size:
+        l00, l01, l10, l11 = labels[r0, c0], labels[r0, c1], labels[r1, c0], labels[r1, c1]
+        mixed = (l00 != l01) | (l00 != l10) | (l00 != l11)
+        splittable = (r1 - r0 > 1) | (c1 - c0 > 1)
+        refine = mixed & splittable
         if certified:
-            g = gap[np.ix_(x, x)]
             gmin = np.minimum(
-                np.minimum(g[:-1, :-1], g[:-1, 1:]), np.minimum(g[1:, :-1], g[1:, 1:])
+                np.minimum(gap[r0, c0], gap[r0, c1]), np.minimum(gap[r1, c0], gap[r1, c1])
             )
-            rho = 0.5 * np.hypot(span[:, None] * spacing[1], span[None, :] * spacing[0])
-            unsafe = active & ~mixed & ~(gmin > big_l * rho)
-            refined_by_l += int(np.sum(unsafe & splittable))
+            rho = 0.5 * np.hypot((r1 - r0) * spacing[1], (c1 - c0) * spacing[0])
+            unsafe = ~mixed & splittable & ~(gmin > big_l * rho)
+            refined_by_l += int(unsafe.sum())
             refine |= unsafe
-        refine &= splittable
-        # fill the never-evaluated points of this level's uniform cells
-        uniform = active & ~refine & ~mixed
-        cell = _cell_of(x, all_coords)
-        fill = uniform[np.ix_(cell, cell)] & ~evaluated & ~filled
-        if fill.any():
-            corner_label = c00[np.ix_(cell, cell)]
-            labels[fill] = corner_label[fill]
-            filled |= fill
-        if not refine.any():
-            break
-        step = max(1, step // 2)
-        x_next = _lattice(r, step)
-        ca = _cell_of(x, x_next)
-        on_edge = np.isin(x_next, x) & (ca > 0) & (x_next == x[ca])
-        cb = np.where(on_edge, ca - 1, ca)
-        need = np.zeros((len(x_next), len(x_next)), bool)
-        for a in (ca, cb):
-            for b in (ca, cb):
-                need |= refine[np.ix_(a, b)]
-        need &= ~evaluated[np.ix_(x_next, x_next)]
-        ni, nj = np.nonzero(need)
-        evaluate(x_next[ni], x_next[nj])
-        parent_refine, x_prev, x = refine, x, x_next
+        fill = splittable & ~refine  # uniform cells with points inside: take the corner label
+        if coarse:  # every coarse cell: paint the grid (cell labels repeated over their spans)
+            span = np.diff(x)
+            cell_label = np.where(fill, l00, -1).reshape(len(span), len(span))
+            span_last = span.copy()
+            span_last[-1] += 1  # the last row/column of the grid belongs to the last cell
+            painted = np.repeat(np.repeat(cell_label, span_last, 0), span_last, 1)
+            mask = (painted >= 0) & ~evaluated
+            labels[mask] = painted[mask]
+            coarse = False
+        elif fill.any():
+            fr0, fr1, fc0, fc1, lab = r0[fill], r1[fill], c0[fill], c1[fill], l00[fill]
+            h = int(max((fr1 - fr0).max(), (fc1 - fc0).max()))
+            o = np.arange(h + 1)
+            rows = fr0[:, None, None] + o[None, :, None]
+            cols = fc0[:, None, None] + o[None, None, :]
+            ok = (rows <= fr1[:, None, None]) & (cols <= fc1[:, None, None])
+            rows, cols = np.broadcast_arrays(rows, cols)
+            lab = np.broadcast_to(lab[:, None, None], rows.shape)
+            rows, cols, lab = rows[ok], cols[ok], lab[ok]
+            todo = ~evaluated[rows, cols]
+            labels[rows[todo], cols[todo]] = lab[todo]
+        r0, r1, c0, c1 = _children(r0[refine], r1[refine], c0[refine], c1[refine])
+        pts = np.unique(np.concatenate([r0 * r + c0, r0 * r + c1, r1 * r + c0, r1 * r + c1]))
+        pi, pj = np.divmod(pts, r)
+        todo = ~evaluated[pi, pj]
+        evaluate(pi[todo], pj[todo])
     assert not np.any(labels < 0), "adaptive tracing left grid points unlabelled"
     return labels, int(evaluated.sum()), big_l, refined_by_l
 
