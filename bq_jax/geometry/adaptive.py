@@ -54,7 +54,8 @@ class AdaptiveLabels(NamedTuple):
 
     #: int32[(S,) V, R, R] label maps.
     labels: np.ndarray
-    #: int64[(S,) V] model evaluations per map: distinct grid points evaluated.
+    #: int64[(S,) V] model evaluations per map: distinct grid points evaluated (the
+    #: certified rule's Lipschitz estimate adds gradients at about 33 x 33 points, not counted).
     evaluations: np.ndarray
     #: int64[(S,) V] evaluations including the padding of the power-of-two batches.
     padded_evaluations: np.ndarray
