@@ -29,12 +29,28 @@ estimated work; the whole-grid loop is skipped when its compiled memory exceeds
 memory. On a CPU the CIFAR models exceed the default budget at every R >= 256; run them at a
 smaller R (e.g. ``--models resnet cnn --resolutions 32 64 --variants 1 8 --max-gflop 200``).
 
+Two further benchmarks (issue 13), each run instead of the throughput tables:
+
+* ``--device-scaling``: the same sweep on 1, 2, 4, 8 devices of a mesh (``mesh=``), in a
+  subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; prints run time,
+  points x variants per second and whether the labels equal the 1-device run bit for bit.
+  Forced host devices are NOT real devices (they share the CPU cores): on CPU this checks
+  correctness and shows the sharding overhead; speed-ups need a multi-accelerator host.
+* ``--adaptive``: :func:`bq_jax.geometry.adaptive_labels` (corner and certified rules) vs the
+  dense ``sweep_labels`` map on the digits MLP and a digits CNN (8 x 8 x 1), trained for
+  ``--train-steps`` Adam steps, V = 2 (float and a 1/8-rounded copy): model evaluations, time,
+  and whether the labels are identical. About 2 minutes on 2 shared cores with
+  ``--mlp-resolutions 256 1024 4096 --cnn-resolutions 256 1024``.
+
 Command (on 2 CPU cores shared with other jobs: about 2 minutes with --quick, 6 with the
 defaults)::
 
     python experiments/bench_sweep.py [--quick] [--models mlp resnet cnn]
         [--resolutions 256 512 1024 2048] [--variants 1 8 64] [--repeats 3] [--min-time 1]
         [--modes map vmap] [--chunk-sizes 1024 8192] [--max-gflop 150] [--max-loop-mib 3072]
+    python experiments/bench_sweep.py --device-scaling [--scaling-r 512] [--scaling-v 8]
+    python experiments/bench_sweep.py --adaptive [--mlp-resolutions 256 1024 4096]
+        [--cnn-resolutions 256 1024] [--train-steps 200]
 """
 
 from __future__ import annotations
@@ -42,6 +58,9 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -304,6 +323,126 @@ def summary(rows, peak):
             )
 
 
+# -- (a) device scaling over forced host CPU devices --------------------------------------------
+
+
+def device_scaling_worker(args):
+    """Runs inside a process started with ``--xla_force_host_platform_device_count``: the same
+    sweep on 1, 2, 4, 8 devices of one mesh, checked bit for bit against 1 device, and timed.
+
+    The forced devices are NOT real devices: they are XLA:CPU partitions sharing this machine's
+    cores, so the timings show the overhead of sharding, not a speed-up; speed needs real
+    accelerators (run the same code with ``--device-scaling`` on a multi-GPU/TPU host)."""
+    model = make_model("mlp", num_classes=10, input_shape=(64,))
+    x = np.random.default_rng(0).normal(size=(256, 64)).astype(np.float32)
+    stack = jax.tree.map(
+        lambda *l: jnp.stack(l), *[model.init(jax.random.key(i)) for i in range(args.scaling_v)]
+    )
+    print(
+        f"\n== device scaling: mlp (D=64), R={args.scaling_r}, V={args.scaling_v}, "
+        f"{jax.device_count()} forced CPU devices on {os.cpu_count()} cores (NOT real devices)"
+    )
+    print(f"{'devices':>7} {'mode':>5} {'run s':>8} {'pts*V/s':>9} {'== 1 device':>11}")
+    slc = G.pca_slice(x, resolution=args.scaling_r)
+    n = slc.num_points * args.scaling_v
+    for mode in args.modes:
+        ref = None
+        for d in args.scaling_devices:
+            if d > jax.device_count():
+                continue
+            mesh = G.device_mesh(jax.devices()[:d]) if d > 1 else False
+            fn = functools.partial(
+                G.sweep_labels, model.apply_fn, stack, slc, variant_batching=mode, mesh=mesh
+            )
+            out = np.asarray(fn())
+            ref = out if ref is None else ref
+            same = np.array_equal(out, ref)
+            t = _time_interleaved({"s": fn}, args.repeats)["s"]
+            print(f"{d:>7} {mode:>5} {t:>8.3f} {n / t:>9.3g} {str(same):>11}")
+
+
+def device_scaling(args):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={max(args.scaling_devices)}"
+    )
+    cmd = [sys.executable, __file__, "--device-scaling-worker", "--repeats", str(args.repeats)]
+    cmd += ["--scaling-r", str(args.scaling_r), "--scaling-v", str(args.scaling_v)]
+    cmd += ["--scaling-devices", *map(str, args.scaling_devices), "--modes", *args.modes]
+    subprocess.run(cmd, env=env, check=True)
+
+
+# -- (b) adaptive vs dense label maps ------------------------------------------------------------
+
+
+def _digits_trained(name, steps):
+    """``(apply_fn, params_stack, x)``: the digits ``mlp`` (inputs (64,)) or a ``cnn`` on the
+    8 x 8 x 1 digit images, trained ``steps`` full-batch Adam steps, stacked with a copy whose
+    weights are rounded to a 1/8 grid (a quantized-like variant)."""
+    import optax
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = ((d.data - d.data.mean(0)) / (d.data.std(0) + 1e-6)).astype(np.float32)
+    shape = (64,) if name == "mlp" else (8, 8, 1)
+    x = x.reshape((-1,) + shape)
+    y = jnp.asarray(d.target.astype(np.int32))
+    model = make_model(name, num_classes=10, input_shape=shape)
+    params = model.init(jax.random.key(0))
+    tx = optax.adam(1e-2)
+
+    def loss(p):
+        z = model.apply_fn(p, jnp.asarray(x))
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(loss)(p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    s = tx.init(params)
+    for _ in range(steps):
+        params, s = step(params, s)
+    rounded = jax.tree.map(lambda l: jnp.round(l * 8) / 8, params)
+    return model.apply_fn, jax.tree.map(lambda *l: jnp.stack(l), params, rounded), x
+
+
+def adaptive_vs_dense(args):
+    print(
+        "\n== adaptive vs dense label maps (digits-trained models, V = 2: float and a 1/8-rounded "
+        "copy; evaluations summed over the variants; times after one warm-up call)"
+    )
+    print(
+        f"{'model':>5} {'R':>5} {'rule':>9} {'evals':>10} {'dense':>10} {'fewer':>7} "
+        f"{'adapt s':>8} {'dense s':>8} {'speed-up':>8} {'labels ==':>9} {'L':>6}"
+    )
+    for name in args.adaptive_models:
+        apply_fn, stack, x = _digits_trained(name, args.train_steps)
+        for r in args.adaptive_resolutions.get(name, ()):
+            slc = G.pca_slice(x, resolution=r)
+            dense_fn = functools.partial(G.sweep_labels, apply_fn, stack, slc)
+            dense = np.asarray(dense_fn())
+            t_dense = _time_interleaved({"d": dense_fn}, 1)["d"]
+            for certified in (False, True):
+                fn = functools.partial(G.adaptive_labels, apply_fn, stack, slc, certified=certified)
+                res = fn()  # warm-up (compiles the buckets)
+                t0 = time.perf_counter()
+                res = fn()
+                t = time.perf_counter() - t0
+                ev = int(res.evaluations.sum())
+                full = res.dense_evaluations * dense.shape[0]
+                same = np.array_equal(res.labels, dense)
+                agree = np.mean(res.labels == dense)
+                lip = f"{np.max(res.lipschitz):.1f}" if certified else "-"
+                print(
+                    f"{name:>5} {r:>5} {'certified' if certified else 'corners':>9} {ev:>10} "
+                    f"{full:>10} {full / ev:>6.1f}x {t:>8.2f} {t_dense:>8.2f} "
+                    f"{t_dense / t:>7.2f}x {str(same) if same else f'{agree:.6f}':>9} {lip:>6}"
+                )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["mlp", DEFAULT_MODELS["cifar10"], "cnn"])
@@ -342,7 +481,34 @@ def main():
         action="store_true",
         help="repeats 2, max 40 GFLOP per run (minutes on 2 CPU cores)",
     )
+    p.add_argument(
+        "--device-scaling",
+        action="store_true",
+        help="(a) 1/2/4/8 forced host CPU devices (a subprocess; correctness and overhead)",
+    )
+    p.add_argument("--device-scaling-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--scaling-devices", nargs="+", type=int, default=[1, 2, 4, 8])
+    p.add_argument("--scaling-r", type=int, default=512)
+    p.add_argument("--scaling-v", type=int, default=8)
+    p.add_argument(
+        "--adaptive", action="store_true", help="(b) adaptive vs dense label maps instead"
+    )
+    p.add_argument("--adaptive-models", nargs="+", default=["mlp", "cnn"])
+    p.add_argument("--mlp-resolutions", nargs="+", type=int, default=[256, 1024, 4096])
+    p.add_argument("--cnn-resolutions", nargs="+", type=int, default=[256, 1024])
+    p.add_argument("--train-steps", type=int, default=200)
     args = p.parse_args()
+    if args.device_scaling_worker:
+        device_scaling_worker(args)
+        return
+    if args.device_scaling or args.adaptive:
+        print(f"backend {jax.default_backend()}, devices {jax.devices()}, jax {jax.__version__}")
+        if args.device_scaling:
+            device_scaling(args)
+        if args.adaptive:
+            args.adaptive_resolutions = {"mlp": args.mlp_resolutions, "cnn": args.cnn_resolutions}
+            adaptive_vs_dense(args)
+        return
     for m in args.models:
         if m not in INPUT_SHAPES:
             p.error(f"unknown model {m!r}; known: {', '.join(INPUT_SHAPES)}")

@@ -7,7 +7,10 @@ it imports only the layers below every sub-package (``bq_jax._src``, ``bq_jax.vo
 * :mod:`~bq_jax.geometry.slices`: :class:`Slice` (plane ``x(u) = mu + P u`` and an R x R grid),
   :func:`pca_slice`, :func:`random_slice`, :func:`points_slice`, :func:`stack_slices`.
 * :mod:`~bq_jax.geometry.sweep`: :func:`sweep_logits`, :func:`sweep_labels` (V variants x
-  R x R points in one jitted, chunked call), :func:`evaluate_logits`.
+  R x R points in one jitted, chunked call, sharded over devices with ``mesh=``),
+  :func:`evaluate_logits`, :func:`device_mesh`.
+* :mod:`~bq_jax.geometry.adaptive`: :func:`adaptive_labels` (label maps from a coarse grid
+  refined near boundaries; exact on the tested models, optionally Lipschitz-certified).
 * :mod:`~bq_jax.geometry.metrics`: :func:`boundary_mask`, :func:`boundary_jaccard_distance`
   (alias :func:`boundary_jaccard`), :func:`grid_change`, :func:`triple_junctions`,
   :func:`triple_junction_count`, :func:`flip_rate`, :func:`margin`,
@@ -23,6 +26,7 @@ evaluation shared by sweeps, :func:`compare` and the local geometry) and
 :mod:`~bq_jax.geometry.checks` (array-argument checks).
 """
 
+from bq_jax.geometry.adaptive import AdaptiveLabels, adaptive_labels
 from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_records
 from bq_jax.geometry.local import (
     GRAD_TOL,
@@ -54,6 +58,7 @@ from bq_jax.geometry.slices import Slice, pca_slice, points_slice, random_slice,
 from bq_jax.geometry.surrogates import boundary_gap_penalty, huber, soft_boundary_mask, soft_jaccard
 from bq_jax.geometry.sweep import (
     default_chunk_size,
+    device_mesh,
     evaluate_logits,
     num_variants,
     sweep_labels,
@@ -61,10 +66,12 @@ from bq_jax.geometry.sweep import (
 )
 
 __all__ = [
+    "AdaptiveLabels",
     "COMPARE_KEYS",
     "GRAD_TOL",
     "MarginRadius",
     "Slice",
+    "adaptive_labels",
     "band_flip_rate",
     "band_threshold",
     "boundary_band",
@@ -76,6 +83,7 @@ __all__ = [
     "compare",
     "compare_records",
     "default_chunk_size",
+    "device_mesh",
     "evaluate_logits",
     "flip_rate",
     "grid_change",

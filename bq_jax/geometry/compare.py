@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bq_jax.geometry import metrics as M
+from bq_jax.geometry.adaptive import adaptive_labels
 from bq_jax.geometry.engine import (
     check_chunk,
     num_variants,
@@ -21,7 +22,10 @@ from bq_jax.geometry.local import GRAD_TOL, margin_radius
 from bq_jax.geometry.slices import Slice
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
-__all__ = ["COMPARE_KEYS", "compare", "compare_records"]
+__all__ = ["COMPARE_KEYS", "SLICE_LABELS", "compare", "compare_records"]
+
+#: Accepted values of :func:`compare`'s ``slice_labels``.
+SLICE_LABELS = ("dense", "adaptive", "adaptive-certified")
 
 #: Keys of :func:`compare`'s result (each a numpy array with one entry per variant).
 COMPARE_KEYS = (
@@ -100,6 +104,8 @@ def compare(
     variant_batching: str = "auto",
     grad_tol: float = GRAD_TOL,
     return_maps: bool = False,
+    mesh=None,
+    slice_labels: str = "dense",
 ) -> dict[str, np.ndarray]:
     """All decision-geometry metrics of V parameter variants against the float model.
 
@@ -147,6 +153,15 @@ def compare(
         chunk_size, variant_batching: as in :func:`~bq_jax.geometry.sweep_labels`.
         grad_tol: gradient norms at or below this are zero.
         return_maps: also return the label maps.
+        mesh: devices the slice sweep and the point evaluations are sharded over, as in
+            :func:`~bq_jax.geometry.sweep_labels` (None: all local devices when more than one;
+            results identical to one device). The local geometry at the band points runs on
+            one device.
+        slice_labels: how the label maps are computed: ``"dense"`` (every grid point, the
+            default), ``"adaptive"`` or ``"adaptive-certified"``
+            (:func:`~bq_jax.geometry.adaptive_labels` with ``certified`` False / True; equal to
+            the dense maps on the tested models, not guaranteed in general -- see
+            :mod:`bq_jax.geometry.adaptive`; ``mesh`` does not apply to them).
 
     Returns:
         dict of numpy arrays (see above); :func:`compare_records` turns it into JSON rows.
@@ -184,6 +199,19 @@ def compare(
                 f"{name} must be a non-empty batch [N, *{slc.input_shape}] like the slice's "
                 f"inputs, got {arr.shape}"
             )
+    if slice_labels not in SLICE_LABELS:
+        raise ValueError(f"slice_labels must be one of {SLICE_LABELS}, got {slice_labels!r}")
+
+    def sweep(stack, names):
+        if slice_labels == "dense":
+            return run_sweep(
+                apply_fn, stack, slc, chunk_size, variant_batching, True, True, names, mesh
+            )
+        certified = slice_labels == "adaptive-certified"
+        return adaptive_labels(
+            apply_fn, stack, slc, certified=certified, chunk_size=chunk_size
+        ).labels
+
     n_h = heldout_x.shape[0]
     points = jnp.concatenate([heldout_x, calibration_x])
     stack_f = _stack1(params_float)
@@ -191,20 +219,20 @@ def compare(
         # one stack [float, variants...]: one compiled sweep and one evaluation for all models
         both = jax.tree.map(lambda f, q: jnp.concatenate([f, q]), stack_f, params_variants)
         names = _both_names
-        labels = run_sweep(apply_fn, both, slc, chunk_size, variant_batching, True, True, names)
+        labels = sweep(both, names)
         labels_f, labels_q = labels[0], labels[1:]
-        z = run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names)
+        z = run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names, mesh)
         zf, zq, zc = z[0, :n_h], z[1:, :n_h], z[0, n_h:]
     else:
-        labels_f = run_sweep(
-            apply_fn, stack_f, slc, chunk_size, variant_batching, True, True, _float_name
+        labels_f = sweep(stack_f, _float_name)[0]
+        labels_q = sweep(params_variants, None)
+        z = run_eval(
+            apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name, mesh
         )[0]
-        labels_q = run_sweep(
-            apply_fn, params_variants, slc, chunk_size, variant_batching, True, True
-        )
-        z = run_eval(apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name)[0]
         zf, zc = z[:n_h], z[n_h:]
-        zq = run_eval(apply_fn, params_variants, heldout_x, chunk_size, variant_batching, True)
+        zq = run_eval(
+            apply_fn, params_variants, heldout_x, chunk_size, variant_batching, True, None, mesh
+        )
     mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
 
     a, _ = M.top2(zf)

@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bq_jax._src.checks import check_int
 from bq_jax.geometry.metrics import margin
@@ -55,6 +58,12 @@ __all__ = [
     "run_eval",
     "margin_radius_jit",
     "variant_local_jit",
+    "MESH_AXIS",
+    "device_mesh",
+    "resolve_mesh",
+    "ShardPlan",
+    "shard_plan",
+    "sharded_jit",
 ]
 
 #: Accepted values of ``variant_batching``.
@@ -295,6 +304,227 @@ sweep_jit = jax.jit(sweep_impl, static_argnames=_STATIC)
 eval_jit = jax.jit(eval_impl, static_argnames=_STATIC)
 
 
+# -- device-parallel evaluation (jax.sharding) ------------------------------------------------
+
+#: Name of the one mesh axis of :func:`device_mesh`; any mesh works (its axes are flattened).
+MESH_AXIS = "devices"
+
+
+def device_mesh(devices=None) -> Mesh:
+    """A one-axis :class:`jax.sharding.Mesh` (axis :data:`MESH_AXIS`) over ``devices``.
+
+    ``devices=None`` takes every device of the job (``jax.devices()``: all hosts' devices after
+    ``jax.distributed.initialize()``; this host's devices in a single-process run).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("device_mesh needs at least one device")
+    return Mesh(np.array(devices, dtype=object), (MESH_AXIS,))
+
+
+def resolve_mesh(mesh) -> Mesh | None:
+    """The mesh a call shards over, or None for the single-device path.
+
+    ``mesh=None`` (the default of every entry point) means all local devices when there is
+    more than one (``jax.local_devices()``), else the single-device path; a
+    :class:`~jax.sharding.Mesh` is used as given (all its axes flattened into one) unless it
+    has one device; a sequence of devices becomes :func:`device_mesh` of them; ``False``
+    forces the single-device path.
+    """
+    if mesh is False:
+        return None
+    if mesh is None:
+        local = jax.local_devices()
+        return device_mesh(local) if len(local) > 1 else None
+    if not isinstance(mesh, Mesh):
+        if isinstance(mesh, Sequence) and not isinstance(mesh, (str, bytes)):
+            mesh = device_mesh(mesh)
+        else:
+            raise TypeError(
+                "mesh must be None, False, a jax.sharding.Mesh or a sequence of devices, got "
+                f"{type(mesh).__name__}"
+            )
+    return mesh if mesh.devices.size > 1 else None
+
+
+class ShardPlan(NamedTuple):
+    """How a sharded call splits its work: ``items`` work items ``(slice s, variant group g,
+    point block b)``, ``per_device`` of them on each of ``devices`` devices (the last device's
+    surplus items repeat the last item and are discarded).
+
+    Variant group ``g`` is variants ``min(g G, V - G) .. + G - 1`` (``G = group``; 1 under
+    ``"map"``), point block ``b`` is points ``min(b B, n - B) .. + B - 1`` (``B = block``, a
+    multiple of the chunk, or n): like the engine's last chunk, the last group and block are
+    shifted back instead of padded and recompute an overlap with identical values.
+    """
+
+    slices: int
+    variants: int
+    group: int
+    groups: int
+    points: int
+    block: int
+    blocks: int
+    devices: int
+    per_device: int
+
+    @property
+    def items(self) -> int:
+        return self.slices * self.groups * self.blocks
+
+    def item(self, t: int) -> tuple[int, int, int]:
+        """``(s, v0, p0)``: slice, first variant and first point of item ``t``."""
+        s, rest = divmod(t, self.groups * self.blocks)
+        g, b = divmod(rest, self.blocks)
+        v0 = min(g * self.group, self.variants - self.group)
+        return s, v0, min(b * self.block, self.points - self.block)
+
+
+def shard_plan(slices: int, variants: int, n: int, chunk: int, mode: str, devices: int):
+    """The :class:`ShardPlan` minimising the points one device evaluates.
+
+    Under ``"map"`` every variant is its own item; under ``"vmap"`` the V variants are split
+    into ``min(V, devices)`` groups evaluated with ``vmap``. Points are then split into blocks
+    (multiples of the chunk, so every model call has the chunk's shape and each point's
+    logits are the single-device ones) until every device has work.
+    """
+    c = min(chunk, n)
+    if mode == "map":
+        group, groups = 1, variants
+    else:
+        groups = min(variants, devices)
+        group = math.ceil(variants / groups)
+        groups = math.ceil(variants / group)
+    best = None
+    for want in range(1, 2 * devices + 1):
+        block = min(n, math.ceil(math.ceil(n / want) / c) * c)
+        blocks = math.ceil(n / block)
+        per = math.ceil(slices * groups * blocks / devices)
+        cost = (per * block * group, blocks)
+        if best is None or cost < best[0]:
+            best = (cost, block, blocks, per)
+    _, block, blocks, per = best
+    return ShardPlan(slices, variants, group, groups, n, block, blocks, devices, per)
+
+
+def _mesh_axes(mesh: Mesh):
+    return tuple(mesh.axis_names)
+
+
+def _sharded_impl(params_stack, data, *, apply_fn, chunk_size, mode, labels, mesh, plan, grid):
+    """Per-device evaluation of ``plan.per_device`` work items inside ``shard_map``.
+
+    ``data`` is the (stacked or single) Slice for a grid sweep (``grid=True``) or the inputs
+    ``x`` for an evaluation, replicated on every device like ``params_stack``. Returns
+    ``out[items_padded, G, B, ...]`` and ``finite[items_padded, G]``, sharded on the first
+    axis.
+    """
+    apply_fn = jax.jit(apply_fn)
+    axes = _mesh_axes(mesh)
+    g_size, b_size = plan.group, plan.block
+    stacked = grid and data.stacked
+    if grid:
+        single = jax.tree.map(lambda l: l[0], data) if stacked else data
+        probe = _grid_points(single)
+    else:
+        probe = _data_points(data)
+    shape, dtype = _out_struct(apply_fn, params_stack, probe, b_size, chunk_size, labels)
+    tail = shape[1:]
+    n_items = plan.items
+
+    def local(params_stack, data):
+        d = lax.axis_index(axes)
+        carry = _init_carry((plan.per_device, g_size), (b_size, *tail), dtype)
+
+        def item_body(i, carry):
+            t = jnp.minimum(d * plan.per_device + i, n_items - 1)
+            s = t // (plan.groups * plan.blocks)
+            g = (t // plan.blocks) % plan.groups
+            b = t % plan.blocks
+            v0 = jnp.minimum(g * g_size, plan.variants - g_size)
+            p0 = jnp.minimum(b * b_size, plan.points - b_size)
+            params = jax.tree.map(
+                lambda l: lax.dynamic_slice_in_dim(l, v0, g_size, axis=0), params_stack
+            )
+            if grid:
+                slc = (
+                    jax.tree.map(lambda l: lax.dynamic_index_in_dim(l, s, 0, keepdims=False), data)
+                    if stacked
+                    else data
+                )
+                base = _grid_points(slc)
+            else:
+                base = _data_points(data)
+
+            def points(start, c):
+                return base(p0 + start, c)
+
+            return _fill(apply_fn, params, points, b_size, chunk_size, mode, labels, carry, (i,))
+
+        return lax.fori_loop(0, plan.per_device, item_body, carry)
+
+    spec = P(axes)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P()), out_specs=(spec, spec), check_vma=False
+    )(params_stack, data)
+
+
+#: ``sharded_jit(params_stack, data, *, apply_fn, chunk_size, mode, labels, mesh, plan, grid)``
+#: -> ``(out, finite)`` per work item of ``plan`` (see :func:`shard_plan`), sharded over the
+#: flattened axes of ``mesh``; :func:`run_sweep` / :func:`run_eval` reassemble them.
+sharded_jit = jax.jit(
+    _sharded_impl,
+    static_argnames=("apply_fn", "chunk_size", "mode", "labels", "mesh", "plan", "grid"),
+)
+
+
+def _to_host(x, mesh: Mesh) -> np.ndarray:
+    """The whole of a sharded array on this host (every process gets all of it)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _run_sharded(apply_fn, params_stack, data, chunk, mode, labels, mesh):
+    """``(out, finite)`` of a sweep (``data`` a Slice) or evaluation (``data`` inputs) on
+    ``mesh``, gathered to the host in the single-device layout."""
+    grid = isinstance(data, Slice)
+    v = num_variants(params_stack)
+    s_count = data.num_slices if grid else 1
+    n = data.num_points if grid else data.shape[0]
+    plan = shard_plan(s_count, v, n, chunk, mode, mesh.devices.size)
+    replicated = NamedSharding(mesh, P())
+    params_stack, data = jax.device_put((params_stack, data), replicated)
+    out, finite = sharded_jit(
+        params_stack,
+        data,
+        apply_fn=apply_fn,
+        chunk_size=chunk,
+        mode=mode,
+        labels=labels,
+        mesh=mesh,
+        plan=plan,
+        grid=grid,
+    )
+    out, finite = _to_host(out, mesh), _to_host(finite, mesh)
+    full = np.zeros((s_count, v, n) + out.shape[3:], out.dtype)
+    ok = np.ones((s_count, v), bool)
+    for t in range(plan.items):
+        s, v0, p0 = plan.item(t)
+        full[s, v0 : v0 + plan.group, p0 : p0 + plan.block] = out[t]
+        ok[s, v0 : v0 + plan.group] &= finite[t]
+    if grid:
+        r = data.resolution
+        full = full.reshape((s_count, v, r, r) + out.shape[3:])
+        if not data.stacked:
+            full, ok = full[0], ok[0]
+    else:
+        full, ok = full[0], ok[0]
+    return jnp.asarray(full), ok
+
+
 # -- host-side entry points ------------------------------------------------------------------------
 
 
@@ -332,32 +562,51 @@ def _plan(apply_fn, params_stack, dim: int, chunk_size, variant_batching) -> tup
 
 
 def run_sweep(
-    apply_fn, params_stack, slc, chunk_size, variant_batching, labels, check_finite, names=None
+    apply_fn,
+    params_stack,
+    slc,
+    chunk_size,
+    variant_batching,
+    labels,
+    check_finite,
+    names=None,
+    mesh=None,
 ):
     """Labels (``labels=True``) or logits of every variant on a slice grid (see
-    :func:`~bq_jax.geometry.sweep_logits`); ``names(v)`` names variant ``v`` in NaN errors."""
+    :func:`~bq_jax.geometry.sweep_logits`); ``names(v)`` names variant ``v`` in NaN errors;
+    ``mesh`` as in :func:`resolve_mesh`."""
     slc = _as_slice(slc)
     mode, chunk = _plan(apply_fn, params_stack, slc.dim, chunk_size, variant_batching)
-    out, finite = sweep_jit(
-        params_stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=labels
-    )
+    mesh = resolve_mesh(mesh)
+    if mesh is not None:
+        out, finite = _run_sharded(apply_fn, params_stack, slc, chunk, mode, labels, mesh)
+    else:
+        out, finite = sweep_jit(
+            params_stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=labels
+        )
     if check_finite:
         _raise_nonfinite(finite, "on the slice grid", names)
     return out
 
 
-def run_eval(apply_fn, params_stack, x, chunk_size, variant_batching, check_finite, names=None):
+def run_eval(
+    apply_fn, params_stack, x, chunk_size, variant_batching, check_finite, names=None, mesh=None
+):
     """Logits ``[V, N, K]`` of every variant on inputs ``x`` (see
-    :func:`~bq_jax.geometry.evaluate_logits`); ``names`` as in :func:`run_sweep`."""
+    :func:`~bq_jax.geometry.evaluate_logits`); ``names`` and ``mesh`` as in :func:`run_sweep`."""
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a non-empty batch [N, *input_shape], got shape {x.shape}")
     mode, chunk = _plan(
         apply_fn, params_stack, math.prod(x.shape[1:]), chunk_size, variant_batching
     )
-    out, finite = eval_jit(
-        params_stack, x, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=False
-    )
+    mesh = resolve_mesh(mesh)
+    if mesh is not None:
+        out, finite = _run_sharded(apply_fn, params_stack, x, chunk, mode, False, mesh)
+    else:
+        out, finite = eval_jit(
+            params_stack, x, apply_fn=apply_fn, chunk_size=chunk, mode=mode, labels=False
+        )
     if check_finite:
         _raise_nonfinite(finite, "on the inputs", names)
     return out

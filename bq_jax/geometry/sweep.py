@@ -8,6 +8,22 @@ second call with new parameter values, a new plane or new inputs of the same sha
 compiled code as long as ``apply_fn`` is the same object (a fresh ``lambda`` per call
 retraces). ``variant_batching="auto"`` evaluates the variants one after another on CPU
 (``"map"``) and together (``"vmap"``) on accelerators.
+
+Several devices (``mesh=``): the work -- (slice, variant or variant group, block of points)
+items -- is split over the devices of a :class:`jax.sharding.Mesh` with ``jax.shard_map``
+(parameters and slices are replicated: they are small next to the grid), each device runs the
+same chunked loop on its items, and the results are gathered to the host in the single-device
+layout. Every model call keeps the chunk's shape, so the labels and logits are the
+single-device ones bit for bit. By default (``mesh=None``) every local device is used when
+there is more than one; ``mesh=False`` keeps the single-device path.
+
+Several hosts (a TPU pod slice, a multi-GPU cluster): call
+``jax.distributed.initialize()`` at the start of every process (coordinator address, process
+count and id as arguments or from the cluster's environment), then make the same call on
+every process with the same arguments and ``mesh=device_mesh()`` (all devices of the job;
+the default ``mesh=None`` would use only the local ones). Every process receives the whole
+result (gathered with ``jax.experimental.multihost_utils.process_allgather``). This path is
+documented, not tested: the tests run 8 forced CPU devices in one process.
 """
 
 from __future__ import annotations
@@ -19,7 +35,9 @@ import jax
 from bq_jax.geometry.engine import (
     VARIANT_BATCHING,
     default_chunk_size,
+    device_mesh,
     num_variants,
+    resolve_mesh,
     resolve_variant_batching,
     run_eval,
     run_sweep,
@@ -29,6 +47,8 @@ from bq_jax.geometry.slices import Slice
 __all__ = [
     "VARIANT_BATCHING",
     "default_chunk_size",
+    "device_mesh",
+    "resolve_mesh",
     "resolve_variant_batching",
     "num_variants",
     "sweep_logits",
@@ -45,6 +65,7 @@ def sweep_logits(
     chunk_size: int | None = None,
     variant_batching: str = "auto",
     check_finite: bool = True,
+    mesh=None,
 ) -> jax.Array:
     """Logits of every parameter variant at every grid point of a slice, in one jitted call.
 
@@ -63,6 +84,10 @@ def sweep_logits(
             (map on CPU, vmap elsewhere; see the module docstring).
         check_finite: raise if any variant gives NaN/inf logits (checked on the host after the
             call, naming the variants).
+        mesh: devices to shard the work over (see the module docstring): None (default) for
+            all local devices when there is more than one, else one device; a
+            ``jax.sharding.Mesh`` (all its axes are flattened); a sequence of devices; or
+            False for the single-device path. The result is the same, bit for bit.
 
     Returns:
         float[V, R, R, K], or float[S, V, R, R, K] for several slices.
@@ -81,7 +106,9 @@ def sweep_logits(
         >>> sweep_logits(apply_fn, stack, pca_slice(x, resolution=16)).shape
         (2, 16, 16, 3)
     """
-    return run_sweep(apply_fn, params_stack, slc, chunk_size, variant_batching, False, check_finite)
+    return run_sweep(
+        apply_fn, params_stack, slc, chunk_size, variant_batching, False, check_finite, None, mesh
+    )
 
 
 def sweep_labels(
@@ -92,12 +119,13 @@ def sweep_labels(
     chunk_size: int | None = None,
     variant_batching: str = "auto",
     check_finite: bool = True,
+    mesh=None,
 ) -> jax.Array:
     """Predicted labels ``argmax_k z`` of every variant at every grid point, in one jitted call.
 
-    Same arguments as :func:`sweep_logits`; the logits never leave the chunk, so the output is
-    int32[V, R, R] (int32[S, V, R, R] for several slices). NaN/inf logits are still detected
-    (per chunk, inside the call) and raise on the host.
+    Same arguments as :func:`sweep_logits` (``mesh`` included); the logits never leave the
+    chunk, so the output is int32[V, R, R] (int32[S, V, R, R] for several slices). NaN/inf
+    logits are still detected (per chunk, inside the call) and raise on the host.
 
     Example:
         >>> import numpy as np
@@ -110,7 +138,9 @@ def sweep_labels(
         >>> labels.dtype, labels.shape
         (dtype('int32'), (2, 16, 16))
     """
-    return run_sweep(apply_fn, params_stack, slc, chunk_size, variant_batching, True, check_finite)
+    return run_sweep(
+        apply_fn, params_stack, slc, chunk_size, variant_batching, True, check_finite, None, mesh
+    )
 
 
 def evaluate_logits(
@@ -121,9 +151,11 @@ def evaluate_logits(
     chunk_size: int | None = None,
     variant_batching: str = "auto",
     check_finite: bool = True,
+    mesh=None,
 ) -> jax.Array:
     """float[V, N, K]: logits of every variant on a batch of inputs ``x[N, *input_shape]``,
-    chunked over the batch exactly like :func:`sweep_logits` (one jitted call).
+    chunked over the batch exactly like :func:`sweep_logits` (one jitted call; ``mesh`` shards
+    variants and blocks of inputs over devices as there).
 
     Example:
         >>> import numpy as np
@@ -133,4 +165,6 @@ def evaluate_logits(
         >>> evaluate_logits(apply_fn, stack, np.ones((5, 2), np.float32)).shape
         (2, 5, 3)
     """
-    return run_eval(apply_fn, params_stack, x, chunk_size, variant_batching, check_finite)
+    return run_eval(
+        apply_fn, params_stack, x, chunk_size, variant_batching, check_finite, None, mesh
+    )
