@@ -33,7 +33,16 @@ import jax
 import jax.numpy as jnp
 
 from bq_jax.quant import ranges as _ranges
-from bq_jax.quant.common import check_axis, check_x, compute_dtype, is_int, scale_floor
+from bq_jax.quant.common import (
+    check_axis,
+    check_finite,
+    check_key,
+    check_x,
+    compute_dtype,
+    is_int,
+    is_real,
+    scale_floor,
+)
 from bq_jax.quant.floating import FLOAT_FORMATS, float_fake_quant, float_format_max
 from bq_jax.quant.integer import (
     ROUNDING_MODES,
@@ -135,7 +144,7 @@ class QuantConfig:
                 f"range_method must be one of {_ranges.RANGE_METHODS}, got {self.range_method!r}"
             )
         p = self.percentile
-        if isinstance(p, bool) or not isinstance(p, int | float):
+        if not is_real(p):
             raise ValueError(f"percentile must be a float, got {p!r}")
         if self.symmetric and not 0.0 < p <= 100.0:
             raise ValueError(f"percentile must be in (0, 100] for a symmetric range, got {p}")
@@ -271,6 +280,7 @@ def compute_qparams(x, config: QuantConfig) -> QParams:
       (1.5, 170, 0, 255)
     """
     x = _check_x(x, config)
+    check_finite(x)
     _view_shape_check(x.shape, config)
     return _compute_qparams_jit(x, config)
 
@@ -384,6 +394,8 @@ def broadcast_qparams(qparams: QParams, shape: tuple[int, ...], config: QuantCon
 def _check_key(config: QuantConfig, key) -> None:
     if config.rounding == "stochastic" and key is None:
         raise ValueError("rounding='stochastic' needs a PRNG key: pass key=jax.random.key(...)")
+    if key is not None:
+        check_key(key)
 
 
 def fake_quant(x, config: QuantConfig, *, key=None, qparams: QParams | None = None) -> jax.Array:
@@ -410,6 +422,7 @@ def fake_quant(x, config: QuantConfig, *, key=None, qparams: QParams | None = No
       Array([ 0.       ,  0.6666667, -1.       ], dtype=float32)
     """
     x = _check_x(x, config)
+    check_finite(x)
     _view_shape_check(x.shape, config)
     _check_key(config, key)
     if qparams is None:
