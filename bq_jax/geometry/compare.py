@@ -184,6 +184,11 @@ def compare(
                 f"{name} must be a non-empty batch [N, *{slc.input_shape}] like the slice's "
                 f"inputs, got {arr.shape}"
             )
+        if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(arr))):
+            raise ValueError(
+                f"{name} (an input batch) contains NaN or inf; the inputs, not the parameters, "
+                "are not finite"
+            )
     n_h = heldout_x.shape[0]
     points = jnp.concatenate([heldout_x, calibration_x])
     stack_f = _stack1(params_float)
