@@ -592,3 +592,35 @@ def test_bad_input(call, error, words, capsys):
     if error is SystemExit:  # the CLI: one line on stderr, no traceback
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+# ----------------------------------------------------------------------------- accepted inputs
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers():
+    """What a user's sweep loop produces (np.int64 bit widths, np.float32 percentiles)."""
+    x = np.random.default_rng(0).normal(size=64).astype(np.float32)
+    for bits in np.arange(2, 9):  # np.int64
+        cfg = QuantConfig(bits=bits, range_method="percentile", percentile=np.float32(99.0))
+        assert np.all(np.isfinite(quant.fake_quant(x, cfg)))
+        assert quant.int_range(bits) == quant.int_range(int(bits))
+    assert quant.percentile(x, np.float32(99.0)) == quant.percentile(x, 99.0)
+    np.testing.assert_array_equal(
+        quant.mse(x, bits=4, num_candidates=np.int64(8)).hi,
+        quant.mse(x, bits=4, num_candidates=8).hi,
+    )
+    s, _ = quant.octav_fixed_point(x, bits=np.int64(3), tol=np.float32(1e-4), max_iter=np.int64(5))
+    assert np.all(np.isfinite(s))
+    h = quant.adaround_h(jnp.zeros(3), zeta=np.float64(1.1), gamma=np.float64(-0.1))
+    np.testing.assert_array_equal(h, quant.adaround_h(jnp.zeros(3)))
+
+
+def test_large_finite_asymmetric_range_does_not_overflow():
+    """[1e38, -3e38, 1] at 8 bits: hi - lo overflows float32; the scale must not."""
+    x = np.float32([1e38, -3e38, 1.0])
+    qp = quant.compute_qparams(x, A8)
+    assert np.isfinite(float(qp.scale)) and 0 <= int(qp.zero_point) <= 255
+    y = np.asarray(quant.fake_quant(x, A8))
+    assert np.all(np.isfinite(y))
+    # Within half a step (+ rounding of the scale) of the inputs.
+    np.testing.assert_allclose(y, x, rtol=0, atol=0.5001 * float(qp.scale))

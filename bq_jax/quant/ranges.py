@@ -353,8 +353,9 @@ def mse(
       >>> round(float(mse(x, bits=4).hi[0] / jnp.std(x)), 2)  # about 2.37 sigma
       2.39
     """
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
-        raise TypeError(f"num_candidates must be a Python int, got {num_candidates!r}")
+    if not is_int(num_candidates):
+        raise TypeError(f"num_candidates must be an int, got {num_candidates!r}")
+    num_candidates = int(num_candidates)
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     x = _as_float(x)
@@ -479,10 +480,11 @@ def octav_fixed_point(
       1.74
     """
     _check_bits(bits)
-    if not (isinstance(tol, int | float) and tol > 0):
+    if not (is_real(tol) and tol > 0):
         raise ValueError(f"tol must be a positive float, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if not is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    tol, max_iter = float(tol), int(max_iter)
     x = _as_float(x)
     return _octav_jit(x, _normalize_axes(reduce_axes, x.ndim), bits, float(tol), max_iter)
 
