@@ -274,6 +274,9 @@ def compute_qparams(x, config: QuantConfig) -> QParams:
       off the channel axis (per_channel), or ``(M // group_size, 1, C)`` (per_group, see the
       module docstring). ``scale`` is float32 (float64 for float64 ``x``).
 
+    Raises:
+      ValueError: ``x`` is empty or (when concrete) holds NaN / inf, naming how many.
+
     Example:
       >>> qp = compute_qparams(jnp.array([-1.0, 0.5]), QuantConfig(bits=8, symmetric=False))
       >>> round(float(qp.scale) * 255, 6), int(qp.zero_point), qp.qmin, qp.qmax
@@ -417,12 +420,17 @@ def fake_quant(x, config: QuantConfig, *, key=None, qparams: QParams | None = No
     Returns:
       Array with the shape and dtype of ``x``.
 
+    Raises:
+      ValueError: ``x`` is empty or (when concrete, i.e. not under jit) holds NaN / inf: one
+        NaN would make the range, and so every value sharing it, NaN.
+
     Example:
       >>> fake_quant(jnp.array([0.1, 0.52, -1.0]), QuantConfig(bits=3))  # s = 1/3
       Array([ 0.       ,  0.6666667, -1.       ], dtype=float32)
     """
     x = _check_x(x, config)
-    check_finite(x)
+    if qparams is not None:  # else compute_qparams checks (one host transfer, not two)
+        check_finite(x)
     _view_shape_check(x.shape, config)
     _check_key(config, key)
     if qparams is None:
