@@ -192,3 +192,23 @@ def test_same_seed_two_fresh_processes_byte_identical_results_and_figures(quick_
     for name in figures:
         a = (quick_run / "figures" / name).read_bytes()
         assert (out / "figures" / name).read_bytes() == a, name
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_byte"])
+def test_damaged_checkpoint_is_retrained_not_reused(quick_run, tmp_path, capsys, damage):
+    out = _copy(quick_run, tmp_path, f"ckpt-{damage}")
+    (ckpt,) = (out / "checkpoints").iterdir()
+    data = bytearray(ckpt.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) - 100] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    for name in os.listdir(out / "parts"):  # force the studies to need the classifier
+        os.remove(out / "parts" / name)
+    with pytest.warns(UserWarning, match="retraining"):
+        assert cli.main(_argv(out)) == cli.EXIT_OK
+    from bq_jax import train
+
+    train.load_checkpoint(str(ckpt))  # replaced by a valid one (it records timings: not bytes)
+    assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
