@@ -199,6 +199,11 @@ def compare(
                 f"{name} must be a non-empty batch [N, *{slc.input_shape}] like the slice's "
                 f"inputs, got {arr.shape}"
             )
+        if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(arr))):
+            raise ValueError(
+                f"{name} (an input batch) contains NaN or inf; the inputs, not the parameters, "
+                "are not finite"
+            )
     if slice_labels not in SLICE_LABELS:
         raise ValueError(f"slice_labels must be one of {SLICE_LABELS}, got {slice_labels!r}")
 

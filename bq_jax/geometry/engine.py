@@ -150,6 +150,10 @@ def num_variants(params_stack) -> int:
 # -- the engine (traced inside jit) ---------------------------------------------------------
 
 
+# Largest number of values in one output array: XLA indexes arrays with int32.
+MAX_ELEMENTS = 2**31 - 1
+
+
 def _fill_chunks(fn: Callable, n: int, chunk: int, out_struct):
     """Loop ``fn(start, C) -> pytree of [C, ...] arrays`` over chunks covering ``n`` rows.
 
@@ -195,9 +199,29 @@ def _out_struct(apply_fn, params_stack, points, n, chunk, labels):
     """Shape/dtype of one variant's output rows: ``[n]`` int32 labels or ``[n, K]`` logits."""
     first = jax.tree.map(lambda l: l[0], params_stack)
     z = jax.eval_shape(lambda p: apply_fn(p, points(0, min(chunk, n))), first)
+    rows = min(chunk, n)
     if z.ndim != 2:
         raise ValueError(
             f"apply_fn must return logits [batch, K] for a batch of inputs, got shape {z.shape}"
+        )
+    if z.shape[0] != rows:
+        raise ValueError(
+            f"apply_fn must return one row of logits per input: [batch, K] = [{rows}, K] for a "
+            f"batch of {rows} inputs, got shape {z.shape}"
+        )
+    if not jnp.issubdtype(z.dtype, jnp.floating) or z.shape[1] < 2:
+        raise ValueError(
+            f"apply_fn must return float logits [batch, K] with K >= 2 classes, got "
+            f"{z.dtype}{list(z.shape)}"
+        )
+    v = num_variants(params_stack)
+    size = v * n * (1 if labels else z.shape[1])
+    if size >= MAX_ELEMENTS:
+        raise ValueError(
+            f"the sweep output would hold {v} variants x {n} points"
+            + ("" if labels else f" x {z.shape[1]} classes")
+            + f" = {size} values, over the int32 indexing limit 2^31 - 1; lower the resolution "
+            "(points = R^2), the number of variants, or sweep labels instead of logits"
         )
     if labels:
         return (n,), jnp.int32
@@ -597,6 +621,14 @@ def run_eval(
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a non-empty batch [N, *input_shape], got shape {x.shape}")
+    if not isinstance(x, jax.core.Tracer) and jnp.issubdtype(x.dtype, jnp.floating):
+        bad = ~np.isfinite(np.asarray(x))
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"x (the inputs) holds {int(bad.sum())} NaN / inf values (first at index "
+                f"{first}); the inputs, not the parameters, are not finite"
+            )
     mode, chunk = _plan(
         apply_fn, params_stack, math.prod(x.shape[1:]), chunk_size, variant_batching
     )

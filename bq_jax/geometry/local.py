@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bq_jax._src.checks import is_real
 from bq_jax.geometry.checks import align
 from bq_jax.geometry.engine import check_chunk, margin_radius_jit
 from bq_jax.geometry.metrics import masked_median
@@ -58,6 +59,8 @@ def _check_inputs(x, float_top):
     x = jnp.asarray(x, jnp.float32)
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a non-empty batch [N, *input_shape], got shape {x.shape}")
+    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
+        raise ValueError("x (the inputs) contains NaN or inf; radii need finite inputs")
     a = jnp.asarray(float_top)
     if not jnp.issubdtype(a.dtype, jnp.integer) or a.shape != x.shape[:1]:
         raise ValueError(f"float_top must be int[N] with N = {x.shape[0]}, got {a.dtype}{a.shape}")
@@ -106,17 +109,36 @@ def margin_radius(
         ([2.0, 1.0], 0)
     """
     x, a = _check_inputs(x, float_top)
+    if not (is_real(grad_tol) and np.isfinite(grad_tol) and grad_tol >= 0):
+        raise ValueError(
+            f"grad_tol must be a finite number >= 0 (gradient norms at or below it count as "
+            f"zero; a negative value would turn that guard off), got {grad_tol!r}"
+        )
     if basis is not None:
         basis = jnp.asarray(basis, jnp.float32)
         d = math.prod(x.shape[1:])
         if basis.shape != (d, 2):
             raise ValueError(f"basis must be [D, 2] = {(d, 2)}, got {basis.shape}")
+        b = np.asarray(basis, np.float64)
+        if not np.all(np.isfinite(b)) or not np.allclose(b.T @ b, np.eye(2), atol=1e-4):
+            raise ValueError(
+                "basis must be an orthonormal [D, 2] slice basis (Slice.basis: finite, "
+                f"P^T P = I), got P^T P = {np.round(b.T @ b, 4).tolist()}"
+            )
     chunk = check_chunk(chunk_size, math.prod(x.shape[1:]))
-    return MarginRadius(
+    res = MarginRadius(
         *margin_radius_jit(
             params, x, a, basis, jnp.float32(grad_tol), apply_fn=apply_fn, chunk=chunk
         )
     )
+    if not isinstance(res.margin, jax.core.Tracer):
+        bad = ~(np.isfinite(np.asarray(res.margin)) & np.isfinite(np.asarray(res.grad_norm)))
+        if bad.any():
+            raise ValueError(
+                f"apply_fn produced NaN or inf margins or gradients at {int(bad.sum())} of "
+                f"{bad.size} inputs (first: input {int(np.argmax(bad))}); check the parameters"
+            )
+    return res
 
 
 def boundary_displacement(radius_q, radius_f) -> jax.Array:

@@ -45,10 +45,31 @@ __all__ = [
 
 
 def _check_grid(labels, name: str) -> jax.Array:
+    """An integer label map ``[..., R, R]`` (float values are logits or a mistake: refused)."""
     labels = jnp.asarray(labels)
     if labels.ndim < 2:
         raise ValueError(f"{name} must be a grid [..., R, R], got shape {labels.shape}")
+    if not (jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_):
+        raise TypeError(
+            f"{name} must be an integer label map [..., R, R] (e.g. sweep_labels, or the argmax "
+            f"of logits [..., R, R, K] over the class axis), got dtype {labels.dtype} with shape "
+            f"{labels.shape}"
+        )
     return labels
+
+
+def _check_mask(mask, name: str) -> jax.Array:
+    """A bool boundary mask ``[..., R, R]`` (an integer label map is refused, not cast)."""
+    mask = jnp.asarray(mask)
+    if mask.ndim < 2:
+        raise ValueError(f"{name} must be a bool boundary mask [..., R, R], got shape {mask.shape}")
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"{name} must be a bool boundary mask [..., R, R] (from boundary_mask), got dtype "
+            f"{mask.dtype}; for two label maps use boundary_jaccard(boundary_mask(a), "
+            "boundary_mask(b))"
+        )
+    return mask
 
 
 # -- grid metrics ------------------------------------------------------------------------------
@@ -126,8 +147,8 @@ def boundary_jaccard_distance(mask_a, mask_b, *, tolerance: int = 0) -> jax.Arra
     """
     check_int("tolerance", tolerance, 0)
     a, b = align(
-        _check_grid(mask_a, "mask_a").astype(bool),
-        _check_grid(mask_b, "mask_b").astype(bool),
+        _check_mask(mask_a, "mask_a"),
+        _check_mask(mask_b, "mask_b"),
         "mask_a",
         "mask_b",
         2,

@@ -312,9 +312,9 @@ def _flatten_batch(x, name: str, input_shape=None) -> np.ndarray:
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise TypeError(f"{name} must be a real numeric array, got dtype {x.dtype}")
-    if x.ndim < 2:
+    if x.ndim < 2 or x.shape[0] == 0 or 0 in x.shape[1:]:
         raise ValueError(
-            f"{name} must be a batch [N, *input_shape] with N >= 1, got shape {x.shape}"
+            f"{name} must be a non-empty batch [N, *input_shape] with N >= 1, got shape {x.shape}"
         )
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
         raise ValueError(f"{name} must have shape [N, *{tuple(input_shape)}], got {x.shape}")

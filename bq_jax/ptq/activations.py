@@ -52,6 +52,11 @@ def _check_config(config) -> None:
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
     if not config.is_int:
         raise ValueError(f"activation quantization supports fmt='int', got {config.fmt!r}")
+    if config.rounding == "stochastic":
+        raise ValueError(
+            "activation quantization takes no PRNG key, so rounding='stochastic' cannot be "
+            "honoured; use rounding='nearest', 'floor' or 'ceil'"
+        )
 
 
 def calibrate_activations(
@@ -121,7 +126,10 @@ def calibrate_activations(
             t = jnp.concatenate(
                 [a.reshape(-1, a.shape[-1]) for part in parts for a in part[name][p]]
             )
-            qp = quant.compute_qparams(t, config)
+            try:
+                qp = quant.compute_qparams(t, config)
+            except ValueError as err:
+                raise ValueError(f"activations at the {p} of layer {name!r}: {err}") from None
             ranges[name][p] = {
                 "scale": jnp.asarray(qp.scale, jnp.float32),
                 "zero_point": jnp.asarray(qp.zero_point, jnp.float32),
@@ -138,7 +146,8 @@ def activation_quantized_apply(
     """``apply_q(params_with_ranges, x)``: ``apply_fn`` with fake-quantized activations.
 
     At each calibrated point, ``a -> quant.int_fake_quant(a, scale, zero_point, qmin, qmax)``
-    (``qmin, qmax`` from ``config``); the ranges are read from
+    (``qmin, qmax`` and the rounding mode from ``config``; ``"stochastic"`` is refused: there
+    is no key); the ranges are read from
     ``params_with_ranges["activation_qparams"]`` (see :func:`calibrate_activations`), so the
     function is pure. A Dense/Conv call without an entry is left in float.
 
@@ -161,7 +170,7 @@ def activation_quantized_apply(
         z = jnp.asarray(qp["zero_point"], a.dtype)
         s = s.reshape((1,) * (a.ndim - s.ndim) + s.shape)
         z = z.reshape((1,) * (a.ndim - z.ndim) + z.shape)
-        return quant.int_fake_quant(a, s, z, qmin=qmin, qmax=qmax)
+        return quant.int_fake_quant(a, s, z, qmin=qmin, qmax=qmax, rounding=config.rounding)
 
     def apply_q(variables, x):
         if ACTIVATION_KEY not in variables:

@@ -40,7 +40,7 @@ from bq_jax.ptq.layers import kernel_path, layer_structure, trace_layers
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 from bq_jax.ptq.weights import DEFAULT_TARGETS, resolve_rules
 from bq_jax.quant import adaround as ar
-from bq_jax.train import optimizer_update
+from bq_jax.train import NonFiniteLossError, optimizer_update
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
 __all__ = [
@@ -428,6 +428,25 @@ def _chunks(total: int, size: int):
         start = stop
 
 
+def _stop_if_not_finite(losses, steps, what: str) -> None:
+    """Raises :class:`NonFiniteLossError` at the first NaN / inf loss of a chunk of steps.
+
+    A non-finite loss makes every later gradient NaN, and the hard rounding ``V >= 0`` of NaN
+    is floor rounding: the result would look plausible while being all rounded down.
+    """
+    losses = np.asarray(losses)
+    bad = ~np.isfinite(losses)
+    if bad.any():
+        i = int(np.argmax(bad))
+        step = int(np.asarray(steps)[i])
+        raise NonFiniteLossError(
+            f"{what}: the loss is {losses[i]} at step {step} (0-based); stopped instead of "
+            "returning floor rounding. Check the calibration inputs and the objective for "
+            "NaN / inf",
+            step=step,
+        )
+
+
 def adaround(
     apply_fn: Callable,
     params,
@@ -535,6 +554,7 @@ def adaround(
         loop_steps = run.loops_steps((v, state), consts, jnp.int32(0))
         for steps in _chunks(config.rounding_iters, config.steps_per_call):
             (v, state), metrics = run((v, state), consts, steps, loop_steps=loop_steps)
+            _stop_if_not_finite(metrics[0], steps, f"adaround of layer {layer.name!r} ({path})")
             hist.append(metrics)
             bar.update(int(steps.shape[0]))
             bar.set_postfix(rec=f"{float(metrics[1][-1]):.4g}")
@@ -960,6 +980,7 @@ def optimize_rounding(
     loop_steps = run.loops_steps((vs, st), consts, jnp.int32(0))
     for steps in _chunks(total, config.steps_per_call):
         (vs, st), metrics = run((vs, st), consts, steps, loop_steps=loop_steps)
+        _stop_if_not_finite(metrics["loss"], steps, f"optimize_rounding of {sorted(qs)}")
         hist.append(metrics)
         bar.update(int(steps.shape[0]))
         bar.set_postfix(loss=f"{float(metrics['loss'][-1]):.4g}")

@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bq_jax import quant
 from bq_jax.ptq.paths import flatten_params, unflatten_params
@@ -189,6 +190,19 @@ def _quantize_leaf(w, config):
     return wq, qp, quant.sqnr_db(w, wq)
 
 
+def _check_finite_leaf(w, path: str) -> None:
+    """Refuses a weight holding NaN / inf (its range, so every weight sharing it, would be NaN)."""
+    if isinstance(w, jax.core.Tracer):
+        return
+    bad = ~np.isfinite(np.asarray(w))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"weight {path!r} holds {int(bad.sum())} NaN / inf values (first at index {first}); "
+            "quantize_weights needs finite weights"
+        )
+
+
 def _summary_row(path, config, qp, sqnr) -> dict:
     scale = jnp.asarray(qp.scale)
     return {
@@ -246,6 +260,7 @@ def quantize_weights(
     summary = []
     for path, config in plan.items():
         w = flat[path]
+        _check_finite_leaf(w, path)
         wq, qp, sqnr = _quantize_leaf(w, config)
         flat[path] = wq.astype(w.dtype)
         if return_summary:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bq_jax.quant.common import check_qrange, check_x
+from bq_jax.quant.common import check_qrange, check_x, is_real
 
 __all__ = [
     "ADAROUND_GAMMA",
@@ -44,8 +44,8 @@ _INIT_EPS = 1e-6
 
 
 def _check_stretch(zeta: float, gamma: float) -> None:
-    if not (isinstance(zeta, int | float) and isinstance(gamma, int | float)):
-        raise TypeError(f"zeta and gamma must be Python floats, got {zeta!r} and {gamma!r}")
+    if not (is_real(zeta) and is_real(gamma)):
+        raise TypeError(f"zeta and gamma must be floats, got {zeta!r} and {gamma!r}")
     if not (gamma < 0.0 and zeta > 1.0):
         raise ValueError(
             f"the rectified sigmoid needs gamma < 0 < 1 < zeta so that h reaches 0 and 1 "

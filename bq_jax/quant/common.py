@@ -17,6 +17,8 @@ __all__ = [
     "SCALE_GRADS",
     "check_axis",
     "check_broadcast",
+    "check_finite",
+    "check_key",
     "check_qrange",
     "check_scale",
     "check_x",
@@ -24,6 +26,7 @@ __all__ = [
     "concrete",
     "divide",
     "is_int",
+    "is_real",
     "scale_floor",
     "ste",
     "ste_lsq",
@@ -38,6 +41,13 @@ MAX_CODE = 2**24
 def is_int(v) -> bool:
     """True for Python and NumPy integers (``bool`` excluded)."""
     return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def is_real(v) -> bool:
+    """True for Python and NumPy integers and floats (``bool`` excluded)."""
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
+        v, bool | np.bool_
+    )
 
 
 def compute_dtype(*dtypes) -> np.dtype:
@@ -75,6 +85,44 @@ def check_x(x, name: str = "x") -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
     return x
+
+
+def check_finite(x, name: str = "x", *, empty_ok: bool = False) -> None:
+    """Refuses an empty ``x`` and, where ``x`` is concrete, NaN or inf values.
+
+    One NaN or inf makes a range (and so the scale of the whole tensor or channel) NaN or
+    inf, which wipes every value; the error names the tensor and counts the bad values.
+    Traced values (under jit / vmap) cannot be checked and pass.
+    """
+    if not empty_ok and 0 in jnp.shape(x):
+        raise ValueError(f"{name} is empty (shape {tuple(jnp.shape(x))}); a range needs values")
+    v = concrete(x)
+    if v is None:
+        return
+    finite = np.isfinite(v)
+    if not finite.all():
+        n_nan = int(np.isnan(v).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise ValueError(
+            f"{name} holds {n_nan} NaN and {n_inf} inf values (first at index {first}); "
+            "quantization ranges need finite values: replace or mask them first"
+        )
+
+
+def check_key(key, name: str = "key") -> None:
+    """Refuses anything but a PRNG key (``jax.random.key(...)`` or ``jax.random.PRNGKey(...)``)."""
+    k = key if isinstance(key, jax.Array) else None
+    ok = k is not None and (
+        jnp.issubdtype(k.dtype, jax.dtypes.prng_key)
+        or (k.dtype == jnp.uint32 and k.ndim >= 1 and k.shape[-1] == 2)
+    )
+    if not ok:
+        shown = f"{type(key).__name__} {key!r}" if not hasattr(key, "dtype") else repr(key)
+        raise TypeError(
+            f"{name} must be a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed), "
+            f"got {shown[:80]}"
+        )
 
 
 def check_qrange(qmin, qmax) -> tuple[int, int]:

@@ -33,7 +33,16 @@ import jax
 import jax.numpy as jnp
 
 from bq_jax.quant import ranges as range_setting
-from bq_jax.quant.common import check_axis, check_x, compute_dtype, is_int, scale_floor
+from bq_jax.quant.common import (
+    check_axis,
+    check_finite,
+    check_key,
+    check_x,
+    compute_dtype,
+    is_int,
+    is_real,
+    scale_floor,
+)
 from bq_jax.quant.floating import FLOAT_FORMATS, float_fake_quant, float_format_max
 from bq_jax.quant.integer import (
     ROUNDING_MODES,
@@ -136,7 +145,7 @@ class QuantConfig:
                 f"got {self.range_method!r}"
             )
         p = self.percentile
-        if isinstance(p, bool) or not isinstance(p, int | float):
+        if not is_real(p):
             raise ValueError(f"percentile must be a float, got {p!r}")
         if self.symmetric and not 0.0 < p <= 100.0:
             raise ValueError(f"percentile must be in (0, 100] for a symmetric range, got {p}")
@@ -268,12 +277,16 @@ def compute_qparams(x, config: QuantConfig) -> QParams:
       off the channel axis (per_channel), or ``(M // group_size, 1, C)`` (per_group, see the
       module docstring). ``scale`` is float32 (float64 for float64 ``x``).
 
+    Raises:
+      ValueError: ``x`` is empty or (when concrete) holds NaN / inf, naming how many.
+
     Example:
       >>> qp = compute_qparams(jnp.array([-1.0, 0.5]), QuantConfig(bits=8, symmetric=False))
       >>> round(float(qp.scale) * 255, 6), int(qp.zero_point), qp.qmin, qp.qmax
       (1.5, 170, 0, 255)
     """
     x = _check_x(x, config)
+    check_finite(x)
     _view_shape_check(x.shape, config)
     return _compute_qparams_jit(x, config)
 
@@ -387,6 +400,8 @@ def broadcast_qparams(qparams: QParams, shape: tuple[int, ...], config: QuantCon
 def _check_key(config: QuantConfig, key) -> None:
     if config.rounding == "stochastic" and key is None:
         raise ValueError("rounding='stochastic' needs a PRNG key: pass key=jax.random.key(...)")
+    if key is not None:
+        check_key(key)
 
 
 def fake_quant(x, config: QuantConfig, *, key=None, qparams: QParams | None = None) -> jax.Array:
@@ -408,11 +423,17 @@ def fake_quant(x, config: QuantConfig, *, key=None, qparams: QParams | None = No
     Returns:
       Array with the shape and dtype of ``x``.
 
+    Raises:
+      ValueError: ``x`` is empty or (when concrete, i.e. not under jit) holds NaN / inf: one
+        NaN would make the range, and so every value sharing it, NaN.
+
     Example:
       >>> fake_quant(jnp.array([0.1, 0.52, -1.0]), QuantConfig(bits=3))  # s = 1/3
       Array([ 0.       ,  0.6666667, -1.       ], dtype=float32)
     """
     x = _check_x(x, config)
+    if qparams is not None:  # else compute_qparams checks (one host transfer, not two)
+        check_finite(x)
     _view_shape_check(x.shape, config)
     _check_key(config, key)
     if qparams is None:

@@ -33,9 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from bq_jax.quant.common import (
+    MAX_CODE,
     SCALE_GRADS,
     check_axis,
     check_broadcast,
+    check_key,
     check_qrange,
     check_scale,
     check_x,
@@ -225,6 +227,8 @@ def _check_rounding(rounding, key) -> None:
         raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
     if rounding == "stochastic" and key is None:
         raise ValueError("rounding='stochastic' needs a PRNG key: pass key=jax.random.key(...)")
+    if rounding == "stochastic":
+        check_key(key)
 
 
 def _validity(s, z, qmin: int, qmax: int):
@@ -418,7 +422,9 @@ def _quantize_jit(x, s, z, key, qmin, qmax, *, rounding, dtype):
     return c.astype(dtype)
 
 
-def dequantize(codes, scale, zero_point, *, dtype=None) -> jax.Array:
+def dequantize(
+    codes, scale, zero_point, *, dtype=None, qmin: int | None = None, qmax: int | None = None
+) -> jax.Array:
     """Real values ``(codes - zero_point) * scale`` of integer codes.
 
     Args:
@@ -426,6 +432,9 @@ def dequantize(codes, scale, zero_point, *, dtype=None) -> jax.Array:
       scale: float scale broadcasting against ``codes`` (scalar or same rank).
       zero_point: integer zero point broadcasting against ``codes``.
       dtype: result dtype; default the scale's dtype, at least float32.
+      qmin, qmax: the code range (default: the range of the codes' integer dtype). Where
+        concrete, ``scale`` must be finite and > 0 and ``zero_point`` an integer in
+        ``[qmin, qmax]``, as in :func:`int_fake_quant`.
 
     Returns:
       Float array with the shape of ``codes``. The product is computed in the wider of
@@ -442,9 +451,12 @@ def dequantize(codes, scale, zero_point, *, dtype=None) -> jax.Array:
     s = jnp.asarray(scale)
     if not jnp.issubdtype(s.dtype, jnp.floating):
         raise TypeError(f"scale must be a floating-point array, got dtype {s.dtype}")
-    check_broadcast("scale", s, codes.shape)
-    z = jnp.asarray(zero_point)
-    check_broadcast("zero_point", z, codes.shape)
+    check_scale(scale, codes.shape)
+    if qmin is None and qmax is None:
+        info = np.iinfo(codes.dtype)
+        qmin, qmax = max(int(info.min), -MAX_CODE), min(int(info.max), MAX_CODE)
+    qmin, qmax = check_qrange(qmin, qmax)
+    z = _check_zero_point(zero_point, codes.shape, qmin, qmax)
     out = compute_dtype(s.dtype) if dtype is None else jnp.dtype(dtype)
     if not jnp.issubdtype(out, jnp.floating):
         raise TypeError(f"dtype must be a floating-point dtype, got {out}")

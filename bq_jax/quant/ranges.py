@@ -36,7 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate, optimize
 
-from bq_jax.quant.common import check_qrange, check_x, compute_dtype, is_int, scale_floor
+from bq_jax.quant.common import (
+    check_finite,
+    check_qrange,
+    check_x,
+    compute_dtype,
+    is_int,
+    is_real,
+    scale_floor,
+)
 from bq_jax.quant.floating import float_fake_quant, float_format_max
 from bq_jax.quant.integer import int_fake_quant, int_range
 
@@ -102,6 +110,7 @@ def _check_bits(bits) -> None:
 
 def _as_float(x, name: str = "x") -> jax.Array:
     x = check_x(x, name)
+    check_finite(x, name)
     # Statistics in at least float32 (bfloat16 / float16 tensors are upcast).
     return x.astype(compute_dtype(x.dtype))
 
@@ -203,7 +212,12 @@ def _qparams_jit(lo, hi, qmin: int, qmax: int, symmetric: bool):
         return scale, jnp.zeros(scale.shape, jnp.int32)
     lo0 = jnp.minimum(lo, 0.0)
     hi0 = jnp.maximum(hi, 0.0)
-    scale = jnp.maximum((hi0 - lo0) / (qmax - qmin), floor)
+    n = qmax - qmin
+    width = hi0 - lo0
+    # A finite range wider than the dtype's max ([-3e38, 1e38] in float32) overflows to inf:
+    # divide first there (elsewhere the usual (hi - lo) / n, bit for bit).
+    width_n = jnp.where(jnp.isfinite(width), width / n, hi0 / n - lo0 / n)
+    scale = jnp.maximum(width_n, floor)
     return scale, jnp.clip(jnp.round(qmin - lo0 / scale), qmin, qmax).astype(jnp.int32)
 
 
@@ -281,8 +295,9 @@ def percentile(x, q: float = 99.99, *, reduce_axes=None, symmetric: bool = True)
       >>> percentile(jnp.arange(-50.0, 51.0), 90.0)  # 90th percentile of |x| = 0..50
       ClipRange(lo=Array([-45.], dtype=float32), hi=Array([45.], dtype=float32))
     """
-    if isinstance(q, bool) or not isinstance(q, int | float):
-        raise TypeError(f"q must be a Python float, got {q!r}")
+    if not is_real(q):
+        raise TypeError(f"q must be a float, got {q!r}")
+    q = float(q)
     low = 0.0 if symmetric else 50.0
     if not (low < q <= 100.0 if symmetric else low <= q <= 100.0):
         accepted = "(0, 100]" if symmetric else "[50, 100] for a two-sided range"
@@ -338,8 +353,9 @@ def mse(
       >>> round(float(mse(x, bits=4).hi[0] / jnp.std(x)), 2)  # about 2.37 sigma
       2.39
     """
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
-        raise TypeError(f"num_candidates must be a Python int, got {num_candidates!r}")
+    if not is_int(num_candidates):
+        raise TypeError(f"num_candidates must be an int, got {num_candidates!r}")
+    num_candidates = int(num_candidates)
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     x = _as_float(x)
@@ -464,10 +480,11 @@ def octav_fixed_point(
       1.74
     """
     _check_bits(bits)
-    if not (isinstance(tol, int | float) and tol > 0):
+    if not (is_real(tol) and tol > 0):
         raise ValueError(f"tol must be a positive float, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if not is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    tol, max_iter = float(tol), int(max_iter)
     x = _as_float(x)
     return _octav_jit(x, _normalize_axes(reduce_axes, x.ndim), bits, float(tol), max_iter)
 

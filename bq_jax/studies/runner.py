@@ -6,35 +6,45 @@ Layout of an output directory ``OUT``::
     OUT/report.md                  findings, one section per study, settings and reasons
     OUT/figures/*.png              the studies' figures
     OUT/parts/<study>_seed<k>.json one finished (study, seed) part: {"study", "seed", "config",
-                                   "depends", "arrays_sha256", "compute_s", "result"}; written
-                                   atomically, so it is either complete or absent
+                                   "depends", "arrays_sha256", "result_sha256", "compute_s",
+                                   "result"}; written atomically, so it is either complete or
+                                   absent
     OUT/parts/<study>_seed<k>.npz  arrays for the figures, written before the .json part
     OUT/checkpoints/               trained float classifiers (bq_jax.train's cache)
 
 A part is reused when its ``config`` equals the current config's fingerprint, the digests of the
-parts it was built from still match and its arrays file has the recorded SHA-256; otherwise it is
-recomputed. Parts are written as soon as they are finished, so Ctrl-C loses at most the part in
-progress.
+parts it was built from still match, its ``result`` has the recorded digest (``result_sha256``: an
+edited part is recomputed, not reused) and its arrays file has the recorded SHA-256; otherwise it
+is recomputed. A part that cannot be read (truncated, not JSON, ``null``) is recomputed too. Parts
+are written as soon as they are finished, so Ctrl-C (or a kill) loses at most the part in progress.
+
+One run at a time per directory: :func:`run` and :func:`train_only` hold an exclusive
+``fcntl.flock`` on ``OUT/.lock`` (which records the holder's pid) and refuse, with an
+:class:`~bq_jax.report.OutputError`, a second run on the same ``OUT`` while the first is alive.
+The operating system drops the lock when its holder exits or is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import os
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from bq_jax.report import atomic_write, json_dumps, read_json, write_json
+from bq_jax.report import OutputError, atomic_write, json_dumps, read_json, write_json
 from bq_jax.studies import registry, reporting
 from bq_jax.studies.config import BaseConfig
 from bq_jax.studies.context import SeedContext
 from bq_jax.studies.results import assemble
 
-__all__ = ["RunSummary", "run", "run_study", "train_only", "part_path"]
+__all__ = ["RunSummary", "lock_output", "run", "run_study", "train_only", "part_path"]
 
 
 @dataclasses.dataclass
@@ -76,6 +86,40 @@ def _save_arrays(path: str, arrays: dict) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@contextlib.contextmanager
+def lock_output(out: str) -> Iterator[None]:
+    """Holds an exclusive lock on ``out`` (``OUT/.lock``, with this process's pid) while inside.
+
+    Raises:
+        OutputError: another live process holds the lock (its pid is named), or ``out``
+            cannot be created / the lock file cannot be opened.
+    """
+    path = os.path.join(out, ".lock")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputError(path, e.strerror or str(e)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputError(
+                out,
+                f"another bq-jax run (pid {holder}) is writing to this directory; wait for it "
+                "to finish or choose another --out",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def _load_arrays(path: str, sha256: str | None) -> dict | None:
     """The arrays at ``path`` if the file exists and has checksum ``sha256``; else None."""
     if sha256 is None:
@@ -87,8 +131,11 @@ def _load_arrays(path: str, sha256: str | None) -> dict | None:
         return None
     if hashlib.sha256(data).hexdigest() != sha256:
         return None
-    with np.load(io.BytesIO(data)) as f:
-        return {k: f[k] for k in f.files}
+    try:
+        with np.load(io.BytesIO(data)) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def _load_part(out: str, study: str, seed: int, fingerprint: dict, depends: dict) -> dict | None:
@@ -100,6 +147,8 @@ def _load_part(out: str, study: str, seed: int, fingerprint: dict, depends: dict
     if not isinstance(part, dict) or not isinstance(part.get("result"), dict):
         return None
     if part.get("config") != fingerprint or part.get("depends") != depends:
+        return None
+    if part.get("result_sha256") != _digest(part["result"]):
         return None
     sha = part.get("arrays_sha256")
     if sha is not None and _load_arrays(part_path(out, study, seed, "npz"), sha) is None:
@@ -147,12 +196,18 @@ def run(
 
     Raises:
         StudyError: the data could not be loaded or a classifier could not be trained.
+        OutputError: ``out`` cannot be written, or another run holds its lock.
         KeyboardInterrupt: passed on after the finished parts are safely on disk.
     """
+    requested = _check_studies(config, studies)
+    with lock_output(out):
+        return _run(config, out, requested, command)
+
+
+def _run(config: BaseConfig, out: str, requested: list[str], command: str | None) -> RunSummary:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    requested = _check_studies(config, studies)
     order = registry.with_dependencies(requested)
     fingerprint = config.fingerprint()
     summary = RunSummary(out=out)
@@ -191,6 +246,7 @@ def run(
                         "config": fingerprint,
                         "depends": dep_digests,
                         "arrays_sha256": sha,
+                        "result_sha256": _digest(result),
                         "compute_s": seconds,
                         "result": result,
                     }
@@ -247,10 +303,11 @@ def run_study(config: BaseConfig, study: str, *, cache_dir: str | None = None) -
 def train_only(config: BaseConfig, out: str) -> list[str]:
     """Train (or load) the float classifier of every seed; one summary line per seed."""
     lines = []
-    for seed in config.seeds:
-        ctx = SeedContext(config, seed, cache_dir=os.path.join(out, "checkpoints"))
-        lines.append(
-            f"{config.dataset} seed {seed}: {ctx.model_name}, held-out accuracy "
-            f"{ctx.float_accuracy:.4f} (checkpoints in {os.path.join(out, 'checkpoints')})"
-        )
+    with lock_output(out):
+        for seed in config.seeds:
+            ctx = SeedContext(config, seed, cache_dir=os.path.join(out, "checkpoints"))
+            lines.append(
+                f"{config.dataset} seed {seed}: {ctx.model_name}, held-out accuracy "
+                f"{ctx.float_accuracy:.4f} (checkpoints in {os.path.join(out, 'checkpoints')})"
+            )
     return lines

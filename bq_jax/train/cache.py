@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 
 import jax
 
 from bq_jax._src.checks import check_int
-from bq_jax.train.checkpoint import load_checkpoint, save_checkpoint
+from bq_jax.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bq_jax.train.config import DEFAULT_MODELS, TrainConfig, default_train_config
 from bq_jax.train.loop import train_with_history
 
@@ -128,10 +129,16 @@ def trained_classifier(
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
     path = checkpoint_path(cache_dir, data, model, train_config, seed)
     if os.path.exists(path):
-        ckpt = load_checkpoint(
-            path, model=model, train_config=train_config, data_fingerprint=data.fingerprint
-        )
-        return model, ckpt.variables, data
+        try:
+            ckpt = load_checkpoint(
+                path, model=model, train_config=train_config, data_fingerprint=data.fingerprint
+            )
+        except CheckpointError as e:
+            # A cache entry that fails its checksum or does not match its key is never reused:
+            # the classifier is trained again (same seed, same result) and the entry replaced.
+            warnings.warn(f"retraining: the cached checkpoint is unusable ({e})", stacklevel=2)
+        else:
+            return model, ckpt.variables, data
     variables, history = train_with_history(
         model, data, train_config, jax.random.key(seed), progress=progress
     )

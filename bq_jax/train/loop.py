@@ -118,6 +118,14 @@ def cross_entropy(logits, labels, *, label_smoothing: float = 0.0) -> jax.Array:
         >>> float(cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3])))  # log 4
         1.3862943649291992
     """
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must be int [N] matching logits [N, K] = {list(logits.shape)}, got labels "
+            f"of shape {list(labels.shape)}"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     k = logits.shape[-1]
     targets = jax.nn.one_hot(labels, k, dtype=logits.dtype)
     if label_smoothing > 0.0:

@@ -1,0 +1,214 @@
+"""The output directory under faults: a lock against concurrent runs, corrupted or edited parts
+recomputed (never reused), a broken directory layout as one line and exit 1, runs killed at random
+points (SIGKILL / SIGINT) that resume to the byte-identical results.json, and the same seed giving
+byte-identical results.json and figures across two fresh processes.
+
+One uninterrupted quick digits run is shared (module fixture); the other runs copy it.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bq_jax import cli
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _argv(out, *extra):
+    return ["reproduce", "digits", "--quick", "--no-progress", "--out", str(out), *extra]
+
+
+def _spawn(out):
+    return subprocess.Popen(
+        [sys.executable, "-m", "bq_jax.cli", *_argv(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+
+
+def _run_process(out):
+    proc = _spawn(out)
+    stdout, stderr = proc.communicate(timeout=600)
+    return proc.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "digits"
+    code, _, stderr = _run_process(out)
+    assert code == cli.EXIT_OK, stderr
+    return out
+
+
+def _copy(quick_run, tmp_path, name):
+    out = tmp_path / name
+    shutil.copytree(quick_run, out)
+    return out
+
+
+def _one_line_failure(capsys, argv, needle):
+    capsys.readouterr()
+    assert cli.main(argv) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert "Traceback" not in captured.err
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def test_second_run_on_one_out_is_refused_naming_the_holder(tmp_path, capsys):
+    out = tmp_path / "locked"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from bq_jax.studies.runner import lock_output\n"
+            f"with lock_output({str(out)!r}):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _one_line_failure(capsys, _argv(out), f"another bq-jax run (pid {holder.pid})")
+        assert not (out / "parts").exists()  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.communicate()
+    # The lock dies with its holder (even on SIGKILL): the directory is usable again.
+    from bq_jax.studies.runner import lock_output
+
+    with lock_output(str(out)):
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+
+
+# ----------------------------------------------------------------------------- corruption
+
+
+def _parts_line(capsys):
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated_npz", "garbage_npz", "null_json", "truncated_json", "edited_result"],
+)
+def test_damaged_part_is_recomputed_not_reused(quick_run, tmp_path, capsys, damage):
+    out = _copy(quick_run, tmp_path, damage)
+    parts = out / "parts"
+    if damage == "truncated_npz":
+        data = (parts / "bits_sweep_seed0.npz").read_bytes()
+        (parts / "bits_sweep_seed0.npz").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_npz":
+        (parts / "bits_sweep_seed0.npz").write_bytes(b"PK\x03\x04 not a zip")
+    elif damage == "null_json":
+        (parts / "rounding_seed0.json").write_text("null")
+    elif damage == "truncated_json":
+        text = (parts / "rounding_seed0.json").read_text()
+        (parts / "rounding_seed0.json").write_text(text[: len(text) // 2])
+    else:
+        part = json.loads((parts / "rounding_seed0.json").read_text())
+        part["result"]["rows"][0]["accuracy"] = 0.123
+        (parts / "rounding_seed0.json").write_text(json.dumps(part))
+    capsys.readouterr()
+    assert cli.main(_argv(out)) == cli.EXIT_OK
+    line = _parts_line(capsys)
+    # bits_sweep feeds later studies, but its recomputed result is the same: only it reruns.
+    assert "1 parts computed, 4 reused" in line, line
+    assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
+
+
+def test_parts_path_that_is_a_file_is_one_line_exit_1(quick_run, tmp_path, capsys):
+    out = tmp_path / "parts-file"
+    out.mkdir()
+    (out / "parts").write_text("not a directory")
+    _one_line_failure(capsys, _argv(out), "parts")
+
+
+def test_results_json_that_is_a_directory_is_one_line_exit_1(quick_run, tmp_path, capsys):
+    out = _copy(quick_run, tmp_path, "results-dir")
+    os.remove(out / "results.json")
+    (out / "results.json").mkdir()
+    _one_line_failure(capsys, _argv(out), "results.json")
+
+
+# ----------------------------------------------------------------------------- interruption
+
+
+def _kill_and_resume(quick_run, out, kills, seed):
+    """Starts the quick run ``kills`` times, killing each at a random point; then finishes it."""
+    rng = random.Random(seed)
+    # Training (the first part) is cached in OUT/checkpoints: start from the trained model so
+    # that the kills land in the studies, not in the training of the classifier.
+    shutil.copytree(quick_run / "checkpoints", out / "checkpoints")
+    for k in range(kills):
+        proc = _spawn(out)
+        time.sleep(rng.uniform(3.0, 20.0))
+        proc.send_signal(rng.choice([signal.SIGKILL, signal.SIGINT]) if k else signal.SIGKILL)
+        proc.communicate(timeout=600)
+        for name in os.listdir(out / "parts") if (out / "parts").exists() else []:
+            if name.endswith(".json"):  # what a kill leaves is complete or absent
+                json.loads((out / "parts" / name).read_text())
+    code, _, stderr = _run_process(out)
+    assert code == cli.EXIT_OK, stderr
+    assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
+
+
+def test_killed_runs_resume_to_identical_results(quick_run, tmp_path):
+    _kill_and_resume(quick_run, tmp_path / "killed", kills=2, seed=0)
+
+
+@pytest.mark.slow
+def test_five_random_kills_resume_to_identical_results(quick_run, tmp_path):
+    _kill_and_resume(quick_run, tmp_path / "killed5", kills=5, seed=1)
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_two_fresh_processes_byte_identical_results_and_figures(quick_run, tmp_path):
+    out = tmp_path / "again"
+    code, _, stderr = _run_process(out)
+    assert code == cli.EXIT_OK, stderr
+    assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
+    figures = sorted(os.listdir(quick_run / "figures"))
+    assert figures and sorted(os.listdir(out / "figures")) == figures
+    for name in figures:
+        a = (quick_run / "figures" / name).read_bytes()
+        assert (out / "figures" / name).read_bytes() == a, name
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_byte"])
+def test_damaged_checkpoint_is_retrained_not_reused(quick_run, tmp_path, capsys, damage):
+    out = _copy(quick_run, tmp_path, f"ckpt-{damage}")
+    (ckpt,) = (out / "checkpoints").iterdir()
+    data = bytearray(ckpt.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) - 100] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    for name in os.listdir(out / "parts"):  # force the studies to need the classifier
+        os.remove(out / "parts" / name)
+    with pytest.warns(UserWarning, match="retraining"):
+        assert cli.main(_argv(out)) == cli.EXIT_OK
+    from bq_jax import train
+
+    train.load_checkpoint(str(ckpt))  # replaced by a valid one (it records timings: not bytes)
+    assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
