@@ -90,9 +90,9 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     code = cli.main(["reproduce", "digits", "--quick", "--out", str(blocker / "sub")])
-    assert code == cli.EXIT_USAGE
+    assert code == cli.EXIT_FAILED
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot write to --out" in err[0]
+    assert len(err) == 1 and "--out is not a writable directory" in err[0]
 
 
 def test_console_script_bad_dataset_no_traceback():

@@ -106,7 +106,14 @@ COMMANDS: dict[str, Command] = {
 
 def out_dir(command: str, dataset: str, quick: bool, out: str | None) -> str:
     """The output directory (default ``results/DATASET`` for reproduce, else
-    ``results/COMMAND/DATASET``; ``-quick`` appended with --quick), checked writable."""
+    ``results/COMMAND/DATASET``; ``-quick`` appended with --quick), checked writable.
+
+    Raises:
+        OutputError: it cannot be created or written (the CLI exits 1: the environment, not the
+            arguments, is at fault).
+    """
+    from bq_jax.report import OutputError
+
     if out is None:
         base = dataset if command == "reproduce" else os.path.join(command, dataset)
         out = os.path.join("results", base + ("-quick" if quick else ""))
@@ -116,7 +123,7 @@ def out_dir(command: str, dataset: str, quick: bool, out: str | None) -> str:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise UsageError(f"cannot write to --out {out!r}: {e.strerror or e}") from None
+        raise OutputError(out, f"--out is not a writable directory ({e.strerror or e})") from None
     return out
 
 
