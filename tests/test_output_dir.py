@@ -105,9 +105,17 @@ def _parts_line(capsys):
     return capsys.readouterr().out
 
 
+# Each case re-runs the quick study (~10-20 s on 2 cores): CI runs one damaged array file, one
+# damaged part file and one edited result; the two remaining cases run with the slow tests.
 @pytest.mark.parametrize(
     "damage",
-    ["truncated_npz", "garbage_npz", "null_json", "truncated_json", "edited_result"],
+    [
+        "truncated_npz",
+        pytest.param("garbage_npz", marks=pytest.mark.slow),
+        "null_json",
+        pytest.param("truncated_json", marks=pytest.mark.slow),
+        "edited_result",
+    ],
 )
 def test_damaged_part_is_recomputed_not_reused(quick_run, tmp_path, capsys, damage):
     out = _copy(quick_run, tmp_path, damage)
@@ -194,7 +202,9 @@ def test_same_seed_two_fresh_processes_byte_identical_results_and_figures(quick_
         assert (out / "figures" / name).read_bytes() == a, name
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped_byte"])
+@pytest.mark.parametrize(
+    "damage", [pytest.param("truncated", marks=pytest.mark.slow), "flipped_byte"]
+)
 def test_damaged_checkpoint_is_retrained_not_reused(quick_run, tmp_path, capsys, damage):
     out = _copy(quick_run, tmp_path, f"ckpt-{damage}")
     (ckpt,) = (out / "checkpoints").iterdir()
