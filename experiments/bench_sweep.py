@@ -41,6 +41,16 @@ Two further benchmarks (issue 13), each run instead of the throughput tables:
   ``--train-steps`` Adam steps, V = 2 (float and a 1/8-rounded copy): model evaluations, time,
   and whether the labels are identical. About 2 minutes on 2 shared cores with
   ``--mlp-resolutions 256 1024 4096 --cnn-resolutions 256 1024``.
+* ``--torch``: ``sweep_labels`` vs a plain PyTorch eager plane loader on identical weights:
+  the digits-trained ``mlp`` / ``cnn`` (V variants: the float model and copies rounded to
+  1/4, 1/8, ...) rebuilt in torch with the flax weights copied in, the same R x R points
+  (``origin + u1 * P[:, 0] + u2 * P[:, 1]`` from the same ``Slice``) evaluated chunk by chunk
+  per variant under ``torch.no_grad()`` on CPU. Prints both times, points x variants per
+  second, the ratio (torch time / bq_jax time, same rounds, same process), the fraction and
+  count of grid points whose labels differ and the largest top-2 logit gap (bq_jax's float32
+  logits) among them: float32 rounding differences flip only near-ties. torch threads:
+  ``torch.set_num_threads`` = the cores of this process unless ``--torch-threads``. Needs
+  the ``bench`` extra (``pip install 'bq_jax[bench]'``); torch is imported only here.
 
 Command (on 2 CPU cores shared with other jobs: about 2 minutes with --quick, 6 with the
 defaults)::
@@ -51,6 +61,8 @@ defaults)::
     python experiments/bench_sweep.py --device-scaling [--scaling-r 512] [--scaling-v 8]
     python experiments/bench_sweep.py --adaptive [--mlp-resolutions 256 1024 4096]
         [--cnn-resolutions 256 1024] [--train-steps 200]
+    python experiments/bench_sweep.py --torch [--torch-models mlp cnn]
+        [--torch-resolutions 256 512] [--torch-variants 1 8] [--torch-threads N]
 """
 
 from __future__ import annotations
@@ -443,6 +455,141 @@ def adaptive_vs_dense(args):
                 )
 
 
+# -- (c) side by side with a plain PyTorch eager plane loader --------------------------------------
+
+
+def _digits_variants(name, steps, v):
+    """``(apply_fn, stack, x)``: V variants of the digits-trained ``name``: the float model and
+    copies with weights rounded to grids of 1/4, 1/8, ... (``v`` in all)."""
+    apply_fn, stack, x = _digits_trained(name, steps)
+    params = jax.tree.map(lambda l: l[0], stack)
+    variants = [params] + [
+        jax.tree.map(lambda l, q=2.0 ** (k + 2): jnp.round(l * q) / q, params) for k in range(v - 1)
+    ]
+    return apply_fn, jax.tree.map(lambda *l: jnp.stack(l), *variants), x
+
+
+def _torch_module(torch, name, params):
+    """A torch ``nn.Module`` computing the flax ``mlp`` / ``cnn`` (default hyperparameters) with
+    the weights of ``params`` copied in: Dense kernels (in, out) -> Linear weights (out, in),
+    Conv kernels HWIO -> OIHW; the CNN runs in NCHW and flattens in flax's (H, W, C) order."""
+    nn = torch.nn
+    p = params["params"]
+
+    def t(a):
+        return torch.from_numpy(np.array(a, np.float32))
+
+    def linear(d):
+        m = nn.Linear(*np.shape(d["kernel"]))
+        m.weight.data, m.bias.data = t(d["kernel"]).T.contiguous(), t(d["bias"])
+        return m
+
+    def conv(d):
+        kh, kw, cin, cout = np.shape(d["kernel"])
+        m = nn.Conv2d(cin, cout, (kh, kw), padding=(kh // 2, kw // 2))
+        m.weight.data = t(d["kernel"]).permute(3, 2, 0, 1).contiguous()
+        m.bias.data = t(d["bias"])
+        return m
+
+    denses = [linear(p[f"Dense_{i}"]) for i in range(len([k for k in p if "Dense" in k]))]
+    convs = [conv(p[f"Conv_{i}"]) for i in range(len([k for k in p if "Conv" in k]))]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs, self.denses = nn.ModuleList(convs), nn.ModuleList(denses)
+
+        def forward(self, x):  # x: [N, 64] flat digits inputs
+            if name == "cnn":
+                x = x.reshape(-1, 8, 8, 1).permute(0, 3, 1, 2)
+                for c in self.convs:
+                    x = torch.nn.functional.max_pool2d(torch.relu(c(x)), 2)
+                x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+            for d in self.denses[:-1]:
+                x = torch.relu(d(x))
+            return self.denses[-1](x)
+
+    return Net().eval()
+
+
+def _torch_plane_labels(torch, nets, slc, chunk):
+    """Labels int32[V, R, R] of each torch net on the slice's grid, the plain eager way: for each
+    variant, for each chunk of ``chunk`` points, ``x = origin + u1 * P[:, 0] + u2 * P[:, 1]`` (the
+    same points and formula as ``Slice.to_flat``) and ``argmax`` of the logits."""
+    r = slc.resolution
+    u = torch.from_numpy(np.array(slc.grid_u()).reshape(r * r, 2))
+    o = torch.from_numpy(np.array(slc.origin))
+    p0 = torch.from_numpy(np.asarray(slc.basis)[:, 0].copy())
+    p1 = torch.from_numpy(np.asarray(slc.basis)[:, 1].copy())
+    out = torch.empty((len(nets), r * r), dtype=torch.int32)
+    with torch.no_grad():
+        for v, net in enumerate(nets):
+            for s in range(0, r * r, chunk):
+                uc = u[s : s + chunk]
+                x = o + uc[:, :1] * p0 + uc[:, 1:] * p1
+                out[v, s : s + chunk] = net(x).argmax(dim=-1)
+    return out.numpy().reshape(len(nets), r, r)
+
+
+def torch_side_by_side(args):
+    try:
+        import torch
+    except ImportError:
+        sys.exit(
+            "--torch needs PyTorch, an optional benchmark dependency: pip install 'bq_jax[bench]' "
+            "(or pip install torch, a CPU build is enough)"
+        )
+    threads = args.torch_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    print(
+        f"\n== bq_jax sweep_labels vs a plain PyTorch eager plane loader (torch "
+        f"{torch.__version__}, torch.set_num_threads({threads}); JAX/XLA:CPU uses the "
+        f"{len(os.sched_getaffinity(0))} cores of this process; same weights, same points, timed "
+        f"in the same rounds, best of {args.repeats}; ratio = torch s / bq_jax s)"
+    )
+    print(
+        f"{'model':>5} {'R':>5} {'V':>3} {'chunk':>6} {'bq_jax s':>9} {'torch s':>8} "
+        f"{'bq_jax pts*V/s':>14} {'torch pts*V/s':>13} {'ratio':>6} {'agree':>9} {'differ':>6} "
+        f"{'max gap':>8}"
+    )
+    for name in args.torch_models:
+        apply_fn, full, x = _digits_variants(name, args.train_steps, max(args.torch_variants))
+        for v in args.torch_variants:
+            stack = jax.tree.map(lambda l, v=v: l[:v], full)
+            nets = [
+                _torch_module(torch, name, jax.tree.map(lambda l, i=i: l[i], stack))
+                for i in range(v)
+            ]
+            chunk = args.torch_chunk or S.default_chunk_size(64)
+            for r in args.torch_resolutions:
+                slc = G.pca_slice(x, resolution=r)
+                jax_fn = functools.partial(G.sweep_labels, apply_fn, stack, slc)
+                torch_fn = functools.partial(_torch_plane_labels, torch, nets, slc, chunk)
+                ref, got = np.asarray(jax_fn()), torch_fn()
+                diff = np.argwhere(ref != got)
+                gap = "-"
+                if len(diff):  # top-2 logit gap (bq_jax's float32 logits) where the labels differ
+                    pts = np.asarray(slc.points())[diff[:, 1] * r + diff[:, 2]]
+                    z = [
+                        np.asarray(
+                            apply_fn(jax.tree.map(lambda l, i=i: l[i], stack), pts[k : k + 1])
+                        )
+                        for k, i in enumerate(diff[:, 0])
+                    ]
+                    top2 = np.sort(np.concatenate(z), axis=-1)[:, -2:]
+                    gap = f"{np.max(top2[:, 1] - top2[:, 0]):.1e}"
+                times = _time_interleaved(
+                    {"jax": jax_fn, "torch": torch_fn}, args.repeats, args.min_time
+                )
+                n = r * r * v
+                tj, tt = times["jax"], times["torch"]
+                print(
+                    f"{name:>5} {r:>5} {v:>3} {chunk:>6} {tj:>9.3f} {tt:>8.3f} {n / tj:>14.3g} "
+                    f"{n / tt:>13.3g} {tt / tj:>5.2f}x {1 - len(diff) / ref.size:>9.6f} "
+                    f"{len(diff):>6} {gap:>8}"
+                )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["mlp", DEFAULT_MODELS["cifar10"], "cnn"])
@@ -497,17 +644,37 @@ def main():
     p.add_argument("--mlp-resolutions", nargs="+", type=int, default=[256, 1024, 4096])
     p.add_argument("--cnn-resolutions", nargs="+", type=int, default=[256, 1024])
     p.add_argument("--train-steps", type=int, default=200)
+    p.add_argument(
+        "--torch",
+        action="store_true",
+        help="(c) sweep_labels vs a plain PyTorch eager plane loader on the same weights instead "
+        "(needs the bench extra: torch)",
+    )
+    p.add_argument("--torch-models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--torch-resolutions", nargs="+", type=int, default=[256, 512])
+    p.add_argument("--torch-variants", nargs="+", type=int, default=[1, 8])
+    p.add_argument(
+        "--torch-threads", type=int, default=0, help="torch threads (default: this process' cores)"
+    )
+    p.add_argument(
+        "--torch-chunk",
+        type=int,
+        default=0,
+        help="torch points per chunk (default: bq_jax's default chunk for D = 64)",
+    )
     args = p.parse_args()
     if args.device_scaling_worker:
         device_scaling_worker(args)
         return
-    if args.device_scaling or args.adaptive:
+    if args.device_scaling or args.adaptive or args.torch:
         print(f"backend {jax.default_backend()}, devices {jax.devices()}, jax {jax.__version__}")
         if args.device_scaling:
             device_scaling(args)
         if args.adaptive:
             args.adaptive_resolutions = {"mlp": args.mlp_resolutions, "cnn": args.cnn_resolutions}
             adaptive_vs_dense(args)
+        if args.torch:
+            torch_side_by_side(args)
         return
     for m in args.models:
         if m not in INPUT_SHAPES:
