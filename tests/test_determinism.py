@@ -4,10 +4,10 @@ figures (every PNG) across two fresh processes.
 The quick digits reproduction (bits sweep, interpolation, stopping, rounding, correlation) is
 checked in tests/test_output_dir.py. Here, on their ``--quick`` settings with digits:
 
-* ``range-methods`` (two processes, ~30 s on 2 cores): in the normal suite, the cheap
+* ``range-methods`` (two processes, 60 s measured on 2 shared cores): in the normal suite, the cheap
   representative;
-* ``qat-basin`` (~35 s) and ``rounding-comparison`` (shrunk further with ``--rounding-iters 20
-  --check-bits 2``; ~4 min on 2 shared cores): marked slow.
+* ``qat-basin`` (48 s) and ``rounding-comparison`` (shrunk further with ``--rounding-iters 20
+  --check-bits 2``; 121 s): marked slow.
 """
 
 import os
