@@ -151,3 +151,48 @@ def test_keyboard_interrupt_exits_130_and_keeps_valid_parts(tmp_path, capsys, mo
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "4 parts computed, 1 reused" in line
     assert os.path.exists(out / "results.json")
+
+
+_XLA_CACHE_PROGRAM = """
+import jax, jax.numpy as jnp
+from bq_jax import cli
+cli._enable_compilation_cache()
+f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(axis=0) * 3.0 + jnp.arange(64.0))
+print(repr(float(f(jnp.linspace(0, 1, 64 * 32).reshape(64, 32)).sum())))
+"""
+
+
+def test_corrupted_xla_compilation_cache_entries_are_detected_and_recompiled(tmp_path):
+    """The CLI's persistent XLA cache (``$BQ_JAX_CACHE/xla``, written by JAX): entries with a
+    flipped byte or truncated fail JAX's zlib checksum, are reported as a warning and
+    recompiled; the result is the same (two fresh processes, ~15 s)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+        "BQ_JAX_CACHE": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+
+    def run():
+        proc = subprocess.run(
+            [sys.executable, "-c", _XLA_CACHE_PROGRAM],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, proc.stderr
+
+    first, _ = run()
+    entries = sorted((tmp_path / "xla").iterdir())
+    assert entries
+    for i, entry in enumerate(entries):
+        data = bytearray(entry.read_bytes())
+        if i % 2:
+            data = data[: len(data) // 2]
+        else:
+            data[len(data) // 2] ^= 0x10
+        entry.write_bytes(bytes(data))
+    again, stderr = run()
+    assert again == first
+    assert "Error reading persistent compilation cache entry" in stderr

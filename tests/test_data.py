@@ -365,6 +365,32 @@ def test_array_record_stale_cache_is_ignored(tmp_path):
     assert again.fingerprint == first.fingerprint
 
 
+@pytest.mark.parametrize("damage", ["flipped_pixel_byte", "flipped_label_byte", "truncated"])
+def test_array_record_corrupted_cache_is_detected_and_recomputed(tmp_path, damage):
+    """The decoded-array cache is the one on-disk cache bq_jax.data writes: a damaged entry
+    (bit rot in the pixels or labels, a truncated file) is never reused; the split is decoded
+    again from the ArrayRecord files and the cache rewritten."""
+    _, version_dir = _prepare_array_record(tmp_path, "mnist", 40, 20)
+    first = load_dataset("mnist", data_dir=tmp_path, calibration_size=10, progress=False)
+    path = os.path.join(version_dir, f"{CACHE_PREFIX}-train.npz")
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # x (40 x 28 x 28 bytes) is stored first, y (40 int64) after it
+        name = b"x.npy" if damage == "flipped_pixel_byte" else b"y.npy"
+        start = data.index(name) + len(name) + 128  # past the local header and .npy header
+        data[start + 100] ^= 0x10
+    with open(path, "wb") as f:
+        f.write(data)
+    again = load_dataset("mnist", data_dir=tmp_path, calibration_size=10, progress=False)
+    assert again.fingerprint == first.fingerprint
+    np.testing.assert_array_equal(again.x_train, first.x_train)
+    np.testing.assert_array_equal(again.y_train, first.y_train)
+    with np.load(path) as f:  # rewritten, complete
+        assert f["x"].shape == (40, 28, 28, 1) and f["y"].shape == (40,)
+
+
 def test_different_data_changes_fingerprint(tmp_path):
     _prepare_array_record(tmp_path / "a", "mnist", 40, 20, seed=0)
     _prepare_array_record(tmp_path / "b", "mnist", 40, 20, seed=1)

@@ -6,6 +6,7 @@ byte-identical results.json and figures across two fresh processes.
 One uninterrupted quick digits run is shared (module fixture); the other runs copy it.
 """
 
+import errno
 import json
 import os
 import random
@@ -154,6 +155,86 @@ def test_results_json_that_is_a_directory_is_one_line_exit_1(quick_run, tmp_path
     os.remove(out / "results.json")
     (out / "results.json").mkdir()
     _one_line_failure(capsys, _argv(out), "results.json")
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+def _disk_full_on(monkeypatch, marker):
+    """Every file opened with os.fdopen (the atomic writers of bq_jax.report and bq_jax.train)
+    whose name contains ``marker`` gets half its first write, then ENOSPC: a disk that fills up
+    in the middle of that file."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name the file behind a descriptor")
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(bytes(data)[: len(data) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def fdopen(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        return Full(f) if marker in os.readlink(f"/proc/self/fd/{fd}") else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def _no_half_written_files(out):
+    for root, _, files in os.walk(out):
+        for name in files:
+            assert not name.endswith(".tmp"), os.path.join(root, name)
+            assert not name.startswith(".") or name == ".lock", os.path.join(root, name)
+            if name.endswith(".json"):
+                with open(os.path.join(root, name)) as f:
+                    json.load(f)  # complete
+
+
+@pytest.mark.parametrize("where", ["part", "results.json", "figure", "checkpoint"])
+def test_full_disk_mid_run_is_one_line_exit_1_nothing_half_written(
+    quick_run, tmp_path, capsys, monkeypatch, where
+):
+    out = _copy(quick_run, tmp_path, f"full-{where}")
+    parts_before = {p.name: p.read_bytes() for p in (quick_run / "parts").iterdir()}
+    if where == "part":
+        os.remove(out / "parts" / "rounding_seed0.json")  # recomputed, then its write fails
+        del parts_before["rounding_seed0.json"]
+        _disk_full_on(monkeypatch, ".rounding_seed0.json.")
+    elif where == "results.json":
+        os.remove(out / "results.json")
+        _disk_full_on(monkeypatch, ".results.json.")
+    elif where == "figure":
+        _disk_full_on(monkeypatch, ".png.")
+    else:
+        shutil.rmtree(out / "checkpoints")  # retrained (first thing), then its write fails
+        shutil.rmtree(out / "parts")
+        parts_before = {}
+        _disk_full_on(monkeypatch, ".ckpt.")
+    _one_line_failure(capsys, _argv(out), "No space left on device")
+    _no_half_written_files(out)
+    parts = (out / "parts").iterdir() if (out / "parts").exists() else []
+    assert {p.name: p.read_bytes() for p in parts} == parts_before
+    if where == "results.json":
+        assert not (out / "results.json").exists()
+    else:  # the previous complete one (or, after the part, rewritten identically)
+        assert (out / "results.json").read_bytes() == (quick_run / "results.json").read_bytes()
+    for png in (out / "figures").iterdir():
+        assert png.read_bytes() == (quick_run / "figures" / png.name).read_bytes(), png.name
+    if where == "checkpoint":
+        assert not any((out / "checkpoints").iterdir())
 
 
 # ----------------------------------------------------------------------------- interruption

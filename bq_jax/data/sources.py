@@ -152,7 +152,9 @@ def _load_cached(path: str, *, num_examples: int, image_shape):
     if not os.path.isfile(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as f:
+        # Our own file object: np.load leaks the one it opens when the file is not a zip
+        # (truncated). A damaged member fails zipfile's CRC check on reading.
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             x, y = f["x"], f["y"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
