@@ -162,6 +162,7 @@ print(repr(float(f(jnp.linspace(0, 1, 64 * 32).reshape(64, 32)).sum())))
 """
 
 
+@pytest.mark.slow  # two fresh processes that compile (~25 s); checks JAX's own cache checksum
 def test_corrupted_xla_compilation_cache_entries_are_detected_and_recompiled(tmp_path):
     """The CLI's persistent XLA cache (``$BQ_JAX_CACHE/xla``, written by JAX): entries with a
     flipped byte or truncated fail JAX's zlib checksum, are reported as a warning and

@@ -4,10 +4,11 @@ figures (every PNG) across two fresh processes.
 The quick digits reproduction (bits sweep, interpolation, stopping, rounding, correlation) is
 checked in tests/test_output_dir.py. Here, on their ``--quick`` settings with digits:
 
-* ``range-methods`` (two processes, 60 s measured on 2 shared cores): in the normal suite, the cheap
-  representative;
-* ``qat-basin`` (48 s) and ``rounding-comparison`` (shrunk further with ``--rounding-iters 20
-  --check-bits 2``; 121 s): marked slow.
+``range-methods`` (two processes, 60 s measured on 2 shared cores), ``qat-basin`` (48 s) and
+``rounding-comparison`` (shrunk further with ``--rounding-iters 20 --check-bits 2``; 121 s). All
+three are marked slow to keep CI within its time budget: the normal suite checks determinism on
+the quick digits reproduction (tests/test_output_dir.py and tests/test_studies_e2e.py), which
+goes through the same runner, results writer and figure writer.
 """
 
 import os
@@ -21,7 +22,7 @@ from bq_jax import cli
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 STUDIES = [
-    pytest.param("range-methods", (), id="range-methods"),
+    pytest.param("range-methods", (), id="range-methods", marks=pytest.mark.slow),
     pytest.param("qat-basin", (), id="qat-basin", marks=pytest.mark.slow),
     pytest.param(
         "rounding-comparison",
