@@ -9,28 +9,6 @@ import os
 import sys
 
 
-def mlp(params, x):
-    import jax.numpy as jnp
-
-    h = x.reshape(x.shape[0], -1)
-    h = jnp.tanh(h @ params["w1"] + params["b1"][None])
-    return h @ params["w2"] + params["b2"][None]
-
-
-def init_mlp(key, d=5, h=16, k=3):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    k1, k2, k3 = jax.random.split(key, 3)
-    return {
-        "w1": jax.random.normal(k1, (d, h)) / np.sqrt(d),
-        "b1": 0.1 * jax.random.normal(k3, (h,)),
-        "w2": jax.random.normal(k2, (h, k)) / np.sqrt(h),
-        "b2": jnp.zeros((k,)),
-    }
-
-
 def main():
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -38,6 +16,7 @@ def main():
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from test_geometry_sweep import init_mlp, mlp  # the sweep tests' model (tests/ is on sys.path)
 
     from bq_jax import geometry as G
     from bq_jax.geometry import engine as E
