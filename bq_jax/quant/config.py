@@ -75,6 +75,37 @@ _FLOAT_RANGE_METHODS = ("minmax", "percentile", "mse")
 class QuantConfig:
     """How to quantize one tensor (validated at construction; frozen and hashable).
 
+    Scale conventions of symmetric signed ``b``-bit integer quantization (codes ``[qmin,
+    qmax] = [-2^(b-1), 2^(b-1) - 1]``, ``code = clip(round_half_even(x / s), qmin, qmax)``):
+
+    * ``scale_convention="qmax"`` (default): ``s = absmax / qmax`` -- the white paper (Nagel
+      et al. 2021, eq. 2-4 with ``s = absmax / (2^(b-1) - 1)``); with ``narrow=True`` it is
+      PyTorch's ``torch.ao.quantization`` observers on ``[-127, 127]`` (``MinMaxObserver``
+      symmetric: ``s = 2 max(|x_min|, x_max) / (Q_max - Q_min)``).
+    * ``scale_convention="qwix"``: ``s = absmax / (qmax + 0.5)`` -- google/qwix 0.1.8's
+      symmetric integer quantization (``qarray.calibrate`` "absmax" per channel / tile,
+      ``compute_scale_zero_point`` with ``numerics.get_symmetric_bound``; codes by
+      ``jnp.round`` (half to even) and ``clip(-2^(b-1), 2^(b-1)-1)`` or the saturating
+      ``astype(int8/int4)``). The same scale as PyTorch's observers on the full range
+      ``[-128, 127]`` (``2 absmax / 255``; PyTorch floors the scale at ``eps`` where qwix
+      puts 1) and as AQT's ``IntNumerics`` with ``preserve_zero=True,
+      preserve_max_val=False`` (``absmax`` mapped to ``2^(b-1) - 0.5``; AQT then clips to
+      the narrow ``+-(2^(b-1) - 1)``). ``+absmax`` lands on the tie ``qmax + 0.5`` and gives
+      ``qmax``, ``-absmax`` gives ``qmin`` or ``qmin + 1`` (by the last ulp of ``s``); a
+      scale below ``sqrt(finfo.tiny)`` (an all-zero slice) becomes 1. Needs ``fmt="int"``,
+      ``bits`` in ``2..8`` (qwix's int2..int8), ``symmetric=True``, ``narrow=False``,
+      ``range_method="minmax"`` (qwix's "absmax" calibration) and ``rounding="nearest"``;
+      any granularity (qwix's per-channel ``channelwise_axes`` and subchannel ``tiled_axes``
+      are ``per_channel`` and ``per_group``). No exact-constant rescaling (see
+      :func:`compute_qparams`): a constant channel ``v`` gets ``|v| / (qmax + 0.5)`` as in
+      qwix.
+
+    The ``"qwix"`` scale and codes are the exactly rounded values of those formulas (IEEE
+    division). qwix itself runs them through XLA, which may turn the divisions into
+    multiplications by a rounded reciprocal (differently under ``jit`` and eagerly), so
+    qwix's own codes can differ from these by one at near-ties (within a few ulps of ``x /
+    s``); with power-of-two scales they agree everywhere (tests/test_quant_config.py).
+
     Example:
       >>> cfg = QuantConfig(bits=4, symmetric=True, granularity="per_channel")
       >>> fake_quant(jnp.array([[0.5, -1.2], [0.2, 2.0]]), cfg)  # scales 0.5/7 and 2/7
@@ -111,6 +142,10 @@ class QuantConfig:
     # "int", or a floating-point format "e4m3", "e5m2", "e2m1" or (exp_bits, man_bits); for a
     # float format the scale maps the range max to the format's largest finite value.
     fmt: str | tuple[int, int] = "int"
+    # How a symmetric integer range becomes a scale: "qmax" (scale = absmax / qmax, PyTorch /
+    # white paper) or "qwix" (scale = absmax / (qmax + 0.5), google/qwix; see the class
+    # docstring for what it requires).
+    scale_convention: str = "qmax"
 
     def __post_init__(self):
         if self.fmt != "int":
@@ -155,6 +190,33 @@ class QuantConfig:
             )
         if not (is_int(self.mse_candidates) and self.mse_candidates >= 1):
             raise ValueError(f"mse_candidates must be an int >= 1, got {self.mse_candidates!r}")
+        if self.scale_convention not in range_setting.SCALE_CONVENTIONS:
+            raise ValueError(
+                f"scale_convention must be one of {range_setting.SCALE_CONVENTIONS}, "
+                f"got {self.scale_convention!r}"
+            )
+        if self.scale_convention == "qwix":
+            self._check_qwix()
+
+    def _check_qwix(self) -> None:
+        need = {
+            "fmt": ("int", "qwix's integer quantization"),
+            "symmetric": (True, "qwix's 'absmax' (symmetric) calibration"),
+            "narrow": (False, "qwix uses the full code range [-2^(b-1), 2^(b-1) - 1]"),
+            "range_method": ("minmax", "qwix's 'absmax' calibration is the min-max range"),
+            "rounding": ("nearest", "qwix rounds half to even"),
+        }
+        for name, (value, why) in need.items():
+            if getattr(self, name) != value:
+                raise ValueError(
+                    f"scale_convention='qwix' needs {name}={value!r} ({why}), "
+                    f"got {name}={getattr(self, name)!r}"
+                )
+        if not 2 <= self.bits <= 8:
+            raise ValueError(
+                f"scale_convention='qwix' needs bits in [2, 8] (qwix's int2 .. int8), "
+                f"got bits={self.bits!r}"
+            )
 
     def _check_float_fmt(self) -> None:
         fmt = self.fmt
@@ -262,6 +324,10 @@ def compute_qparams(x, config: QuantConfig) -> QParams:
     formats: ``scale = absmax / fmt_max`` (the range max lands on the format's largest finite
     value), ``zero_point = 0`` and ``qmin = qmax = None`` (no integer codes).
 
+    ``scale_convention="qwix"`` (symmetric int only): ``scale = absmax / (qmax + 0.5)``, a
+    scale below ``sqrt(finfo.tiny)`` becomes 1, and constant slices are not rescaled (qwix's
+    rules, see :class:`QuantConfig`); the rest of this paragraph is the ``"qmax"`` convention.
+
     Zero-range slices: an all-zero slice gets the scale floor ``finfo.tiny`` (finite, > 0;
     zeros stay exactly zero). A constant non-zero slice ``v`` (any range method) gets
     ``scale = |v| / 2^k`` with ``2^k`` the largest power of two ``<= qmax`` (symmetric),
@@ -344,9 +410,15 @@ def _compute_qparams_jit(x, config: QuantConfig) -> QParams:
     if config.is_int:
         qmin, qmax = config.qrange
         qp = range_setting.qparams_from_range(
-            rng.lo, rng.hi, qmin=qmin, qmax=qmax, symmetric=config.symmetric
+            rng.lo,
+            rng.hi,
+            qmin=qmin,
+            qmax=qmax,
+            symmetric=config.symmetric,
+            scale_convention=config.scale_convention,
         )
-        qp = _exact_constant_qparams(xmin, xmax, qp, n=None, symmetric=config.symmetric)
+        if config.scale_convention == "qmax":
+            qp = _exact_constant_qparams(xmin, xmax, qp, n=None, symmetric=config.symmetric)
     else:
         fmax = float_format_max(config.fmt)
         absmax = jnp.maximum(jnp.abs(rng.lo), jnp.abs(rng.hi))

@@ -19,7 +19,8 @@ section 3.1 / 4.2; StatQAT: Aktukmak et al. 2026; OCTAV: Sakr et al., ICML 2022)
   actual integer grid for Gaussian data (:func:`gaussian_clip_ratio`).
 
 :func:`qparams_from_range` turns a range into ``QParams(scale, zero_point, qmin, qmax)`` in the
-PyTorch ``fake_quantize_per_channel_affine`` convention, and :func:`sqnr_db` measures the
+PyTorch ``fake_quantize_per_channel_affine`` convention (or, with ``scale_convention="qwix"``,
+qwix's symmetric ``absmax / (qmax + 0.5)``), and :func:`sqnr_db` measures the
 signal-to-quantization-noise ratio.
 """
 
@@ -41,6 +42,7 @@ from bq_jax.quant.common import (
     check_qrange,
     check_x,
     compute_dtype,
+    divide,
     is_int,
     is_real,
     scale_floor,
@@ -50,6 +52,7 @@ from bq_jax.quant.integer import int_fake_quant, int_range
 
 __all__ = [
     "RANGE_METHODS",
+    "SCALE_CONVENTIONS",
     "ClipRange",
     "QParams",
     "channel_reduce_axes",
@@ -63,10 +66,16 @@ __all__ = [
     "octav_update",
     "percentile",
     "qparams_from_range",
+    "qwix_scale",
     "sqnr_db",
 ]
 
 RANGE_METHODS = ("minmax", "percentile", "mse", "octav", "gaussian")
+
+#: How a symmetric integer range ``absmax`` becomes a scale (:func:`qparams_from_range`):
+#: ``"qmax"`` ``absmax / qmax`` (PyTorch, white paper; the default) or ``"qwix"``
+#: ``absmax / (qmax + 0.5)`` (google/qwix).
+SCALE_CONVENTIONS = ("qmax", "qwix")
 
 
 class ClipRange(NamedTuple):
@@ -155,12 +164,24 @@ def channel_reduce_axes(ndim: int, axis: int) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- qparams
 
 
-def qparams_from_range(lo, hi, *, qmin: int, qmax: int, symmetric: bool) -> QParams:
+def qparams_from_range(
+    lo, hi, *, qmin: int, qmax: int, symmetric: bool, scale_convention: str = "qmax"
+) -> QParams:
     """Scale and zero point that map the clip range ``[lo, hi]`` onto the codes ``[qmin, qmax]``.
 
     Symmetric (``qmin < 0 < qmax``, zero point 0)::
 
-        scale = max(|lo|, |hi|) / qmax
+        scale = max(|lo|, |hi|) / qmax                        (scale_convention="qmax")
+        scale = max(|lo|, |hi|) / (qmax + 0.5)                 (scale_convention="qwix")
+
+    ``"qwix"`` is google/qwix's symmetric integer convention (qwix 0.1.8,
+    ``qwix/_src/core/qarray.py::compute_scale_zero_point`` with
+    ``numerics.get_symmetric_bound``: the bound ``qmax + 0.5`` lets the edge code ``qmax``
+    take the bucket ``[qmax - 0.5, qmax + 0.5)``, so ``+absmax`` lands on the tie ``qmax +
+    0.5`` and gives ``qmax`` after rounding half to even and clipping, and ``-absmax`` gives
+    ``qmin = -(qmax + 1)`` or ``qmin + 1`` by the last ulp of the scale). A scale below
+    ``sqrt(finfo.tiny)`` (a zero range) becomes 1, as in qwix. The division is an IEEE
+    division (correctly rounded).
 
     Asymmetric (PyTorch ``fake_quantize_per_channel_affine`` / white paper eq. 2-4): the range
     is first extended to contain 0 (so that 0 is exactly representable), then::
@@ -178,6 +199,7 @@ def qparams_from_range(lo, hi, *, qmin: int, qmax: int, symmetric: bool) -> QPar
       lo, hi: lower / upper clip, float arrays of the same shape (e.g. a :class:`ClipRange`).
       qmin, qmax: integer code range (Python ints), e.g. ``-128, 127`` or ``0, 255``.
       symmetric: symmetric (zero point 0) or asymmetric quantization.
+      scale_convention: ``"qmax"`` (default) or ``"qwix"`` (symmetric only), see above.
 
     Returns:
       ``QParams(scale, zero_point, qmin, qmax)``; ``scale`` float with the shape of ``lo``,
@@ -188,8 +210,21 @@ def qparams_from_range(lo, hi, *, qmin: int, qmax: int, symmetric: bool) -> QPar
       ...                         symmetric=False)
       >>> float(qp.scale), int(qp.zero_point)  # 4/255, round(0 + 1/(4/255)) = 64
       (0.01568627543747425, 64)
+      >>> qp = qparams_from_range(jnp.float32(-2.0), jnp.float32(1.0), qmin=-8, qmax=7,
+      ...                         symmetric=True, scale_convention="qwix")
+      >>> float(qp.scale)  # 2 / 7.5
+      0.2666666805744171
     """
     qmin, qmax = check_qrange(qmin, qmax)
+    if scale_convention not in SCALE_CONVENTIONS:
+        raise ValueError(
+            f"scale_convention must be one of {SCALE_CONVENTIONS}, got {scale_convention!r}"
+        )
+    if scale_convention == "qwix" and not symmetric:
+        raise ValueError(
+            "scale_convention='qwix' is qwix's symmetric convention; use symmetric=True "
+            "(qwix's asymmetric 'minmax' calibration is not reproduced)"
+        )
     if symmetric and not qmin < 0 < qmax:
         raise ValueError(
             f"symmetric quantization needs qmin < 0 < qmax (signed codes), got [{qmin}, {qmax}]"
@@ -199,13 +234,36 @@ def qparams_from_range(lo, hi, *, qmin: int, qmax: int, symmetric: bool) -> QPar
     if lo.shape != hi.shape:
         raise ValueError(f"lo and hi must have the same shape, got {lo.shape} and {hi.shape}")
     dtype = compute_dtype(lo.dtype, hi.dtype)
-    scale, zero_point = _qparams_jit(lo.astype(dtype), hi.astype(dtype), qmin, qmax, symmetric)
+    scale, zero_point = _qparams_jit(
+        lo.astype(dtype), hi.astype(dtype), qmin, qmax, symmetric, scale_convention
+    )
     return QParams(scale=scale, zero_point=zero_point, qmin=qmin, qmax=qmax)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _qparams_jit(lo, hi, qmin: int, qmax: int, symmetric: bool):
+def qwix_scale(absmax, qmax: int) -> jax.Array:
+    """qwix's symmetric scale ``absmax / (qmax + 0.5)``, and 1 where it is below
+    ``sqrt(finfo.tiny)`` (traced; ``absmax`` float, ``qmax`` a Python int).
+
+    The division is kept an IEEE division (XLA would otherwise multiply by the rounded
+    reciprocal of the constant, one ulp off for some ``absmax``).
+
+    Example:
+      >>> qwix_scale(jnp.array([2.55, 0.0]), 127)  # 2.55 / 127.5; a zero range gets 1
+      Array([0.02, 1.  ], dtype=float32)
+    """
+    bound = jnp.full(absmax.shape, qmax + 0.5, absmax.dtype)
+    scale = divide(absmax, bound)
+    tiny_sqrt = np.sqrt(np.finfo(absmax.dtype).tiny)  # correctly rounded, as jnp.sqrt
+    return jnp.where(scale < tiny_sqrt, jnp.ones_like(scale), scale)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _qparams_jit(lo, hi, qmin: int, qmax: int, symmetric: bool, scale_convention: str):
     floor = scale_floor(lo.dtype)
+    if scale_convention == "qwix":
+        absmax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
+        scale = qwix_scale(absmax, qmax)
+        return scale, jnp.zeros(scale.shape, jnp.int32)
     if symmetric:
         absmax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
         scale = jnp.maximum(absmax / qmax, floor)
