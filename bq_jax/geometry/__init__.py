@@ -17,7 +17,9 @@ it imports only the layers below every sub-package (``bq_jax._src``, ``bq_jax.vo
   :func:`boundary_band`, :func:`band_flip_rate`, :func:`pair_order_flip`.
 * :mod:`~bq_jax.geometry.local`: :func:`margin_radius`, :func:`boundary_displacement`,
   :func:`normal_variation`, :func:`median_local_shift`.
-* :mod:`~bq_jax.geometry.compare`: :func:`compare` (all metrics per variant, one call).
+* :mod:`~bq_jax.geometry.compare`: :func:`compare` (all metrics per variant, one call;
+  ``variant_apply_fn=`` for variants that are another model), :func:`compare_models` (a
+  float model against models that may each be a different implementation).
 * :mod:`~bq_jax.geometry.surrogates`: :func:`soft_boundary_mask`, :func:`soft_jaccard`,
   :func:`boundary_gap_penalty`.
 
@@ -27,7 +29,7 @@ evaluation shared by sweeps, :func:`compare` and the local geometry) and
 """
 
 from bq_jax.geometry.adaptive import AdaptiveLabels, adaptive_labels
-from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_records
+from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_models, compare_records
 from bq_jax.geometry.local import (
     GRAD_TOL,
     MarginRadius,
@@ -81,6 +83,7 @@ __all__ = [
     "boundary_jaccard_distance",
     "boundary_mask",
     "compare",
+    "compare_models",
     "compare_records",
     "default_chunk_size",
     "device_mesh",

@@ -22,7 +22,7 @@ from bq_jax.geometry.local import GRAD_TOL, margin_radius
 from bq_jax.geometry.slices import Slice
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
-__all__ = ["COMPARE_KEYS", "SLICE_LABELS", "compare", "compare_records"]
+__all__ = ["COMPARE_KEYS", "SLICE_LABELS", "compare", "compare_models", "compare_records"]
 
 #: Accepted values of :func:`compare`'s ``slice_labels``.
 SLICE_LABELS = ("dense", "adaptive", "adaptive-certified")
@@ -106,8 +106,14 @@ def compare(
     return_maps: bool = False,
     mesh=None,
     slice_labels: str = "dense",
+    variant_apply_fn: Callable | None = None,
 ) -> dict[str, np.ndarray]:
     """All decision-geometry metrics of V parameter variants against the float model.
+
+    The variants run through ``apply_fn`` like the float model (same parameter tree), or,
+    with ``variant_apply_fn``, through their own model (another implementation, e.g. a
+    qwix-quantized one, with its own parameter tree; :func:`compare_models` is the form for
+    a list of such models).
 
     Slice metrics use the label maps of both models on ``slc``; point metrics use the
     held-out inputs; the boundary band is the held-out points with ``|m_F| <= tau``, ``tau``
@@ -143,7 +149,8 @@ def compare(
         apply_fn: ``apply_fn(params, x) -> logits`` (pass the same object each call: the
             jitted evaluations are cached on it).
         params_float: the float model's parameters.
-        params_variants: pytree of the same structure, every leaf with a leading axis V.
+        params_variants: pytree of the same structure, every leaf with a leading axis V (with
+            ``variant_apply_fn``: any pytree ``variant_apply_fn`` takes, leading axis V).
         slc: a single :class:`~bq_jax.geometry.Slice` (e.g. :func:`pca_slice`).
         heldout_x: held-out inputs ``[N, *input_shape]``.
         calibration_x: calibration inputs (band threshold only).
@@ -162,6 +169,11 @@ def compare(
             (:func:`~bq_jax.geometry.adaptive_labels` with ``certified`` False / True; equal to
             the dense maps on the tested models, not guaranteed in general -- see
             :mod:`bq_jax.geometry.adaptive`; ``mesh`` does not apply to them).
+        variant_apply_fn: ``variant_apply_fn(params, x) -> logits`` of the variants when they
+            are another model than ``apply_fn`` (None: ``apply_fn``). Its logits must have the
+            float model's K classes, and the local metrics need it differentiable in ``x``
+            (``jax.grad``; a model whose margins are flat in ``x`` reports every band point in
+            ``zero_gradient_count``).
 
     Returns:
         dict of numpy arrays (see above); :func:`compare_records` turns it into JSON rows.
@@ -190,7 +202,16 @@ def compare(
     """
     if not isinstance(slc, Slice) or slc.stacked:
         raise TypeError("compare needs a single Slice (not a stack or list of slices)")
-    v = _check_pair(params_float, params_variants)
+    if variant_apply_fn is None:
+        v = _check_pair(params_float, params_variants)
+        apply_q = apply_fn
+    else:
+        if not callable(variant_apply_fn):
+            raise TypeError(
+                f"variant_apply_fn must be callable (params, x) -> logits, got {variant_apply_fn!r}"
+            )
+        v = num_variants(params_variants)
+        apply_q = variant_apply_fn
     heldout_x = jnp.asarray(heldout_x, jnp.float32)
     calibration_x = jnp.asarray(calibration_x, jnp.float32)
     for name, arr in (("heldout_x", heldout_x), ("calibration_x", calibration_x)):
@@ -207,37 +228,38 @@ def compare(
     if slice_labels not in SLICE_LABELS:
         raise ValueError(f"slice_labels must be one of {SLICE_LABELS}, got {slice_labels!r}")
 
-    def sweep(stack, names):
+    def sweep(fn, stack, names):
         if slice_labels == "dense":
-            return run_sweep(
-                apply_fn, stack, slc, chunk_size, variant_batching, True, True, names, mesh
-            )
+            return run_sweep(fn, stack, slc, chunk_size, variant_batching, True, True, names, mesh)
         certified = slice_labels == "adaptive-certified"
-        return adaptive_labels(
-            apply_fn, stack, slc, certified=certified, chunk_size=chunk_size
-        ).labels
+        return adaptive_labels(fn, stack, slc, certified=certified, chunk_size=chunk_size).labels
 
     n_h = heldout_x.shape[0]
     points = jnp.concatenate([heldout_x, calibration_x])
     stack_f = _stack1(params_float)
-    if _same_dtypes(params_float, params_variants):
+    if variant_apply_fn is None and _same_dtypes(params_float, params_variants):
         # one stack [float, variants...]: one compiled sweep and one evaluation for all models
         both = jax.tree.map(lambda f, q: jnp.concatenate([f, q]), stack_f, params_variants)
         names = _both_names
-        labels = sweep(both, names)
+        labels = sweep(apply_fn, both, names)
         labels_f, labels_q = labels[0], labels[1:]
         z = run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names, mesh)
         zf, zq, zc = z[0, :n_h], z[1:, :n_h], z[0, n_h:]
     else:
-        labels_f = sweep(stack_f, _float_name)[0]
-        labels_q = sweep(params_variants, None)
+        labels_f = sweep(apply_fn, stack_f, _float_name)[0]
+        labels_q = sweep(apply_q, params_variants, None)
         z = run_eval(
             apply_fn, stack_f, points, chunk_size, variant_batching, True, _float_name, mesh
         )[0]
         zf, zc = z[:n_h], z[n_h:]
         zq = run_eval(
-            apply_fn, params_variants, heldout_x, chunk_size, variant_batching, True, None, mesh
+            apply_q, params_variants, heldout_x, chunk_size, variant_batching, True, None, mesh
         )
+        if zq.shape[-1] != zf.shape[-1]:
+            raise ValueError(
+                f"the variants' logits have {zq.shape[-1]} classes, the float model's "
+                f"{zf.shape[-1]}: variant_apply_fn must classify into the same classes"
+            )
     mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
 
     a, _ = M.top2(zf)
@@ -259,7 +281,7 @@ def compare(
         apply_fn, params_float, xb, float_top=ab, grad_tol=grad_tol, chunk_size=chunk
     )
     r_q, _, _, zero_q, cos = variant_local_jit(
-        params_variants, xb, ab, rf.normal, jnp.float32(grad_tol), apply_fn=apply_fn, chunk=chunk
+        params_variants, xb, ab, rf.normal, jnp.float32(grad_tol), apply_fn=apply_q, chunk=chunk
     )
     valid = ~zero_q & jnp.expand_dims(~rf.zero_gradient, 0)
     delta = r_q - jnp.expand_dims(rf.radius, 0)
@@ -297,6 +319,100 @@ def compare(
     if return_maps:
         out["labels"] = np.asarray(labels_q)
         out["labels_float"] = np.asarray(labels_f)
+    return out
+
+
+def _stack_group(params_list):
+    return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(l) for l in leaves]), *params_list)
+
+
+def compare_models(
+    float_model: tuple[Callable, object],
+    variant_models,
+    slc: Slice,
+    heldout_x,
+    calibration_x,
+    **kwargs,
+) -> dict[str, np.ndarray]:
+    """:func:`compare` of V models that may each be a different implementation.
+
+    ``float_model = (apply_fn, params)`` and ``variant_models = [(apply_fn_v, params_v),
+    ...]`` (unstacked params): each variant may have its own ``apply_fn`` and parameter tree
+    (e.g. a float flax model against qwix-quantized versions from
+    :func:`bq_jax.models.qwix_interop.from_qwix`). Consecutive variants with the same
+    ``apply_fn`` object and tree structure are stacked and evaluated together; each such group
+    is one :func:`compare` call with ``variant_apply_fn`` (the float model's maps and margins
+    are recomputed per group), and the results are concatenated in the order given. Every
+    :data:`COMPARE_KEYS` metric is computed by the same code as :func:`compare`.
+
+    Args:
+        float_model: ``(apply_fn, params)`` of the float model.
+        variant_models: sequence of ``(apply_fn, params)``.
+        slc, heldout_x, calibration_x: as in :func:`compare`.
+        **kwargs: keyword arguments of :func:`compare` (``band_quantile``, ``tolerance``,
+            ``chunk_size``, ``return_maps``, ...; not ``variant_apply_fn``).
+
+    Returns:
+        :func:`compare`'s dict, one entry per variant model (``labels_float`` once).
+
+    Example:
+        >>> import numpy as np
+        >>> from bq_jax.geometry import pca_slice
+        >>> rng = np.random.default_rng(0)
+        >>> w = rng.normal(size=(2, 3)).astype(np.float32)
+        >>> x = rng.normal(size=(300, 2)).astype(np.float32)
+        >>> def linear(p, x):
+        ...     return x @ p["w"]
+        >>> def scaled(p, x):  # another implementation: a scale times a weight matrix
+        ...     return p["s"] * (x @ p["m"])
+        >>> res = compare_models((linear, {"w": w}),
+        ...                      [(scaled, {"s": np.float32(2.0), "m": w / 2}),
+        ...                       (linear, {"w": np.round(w * 2) / 2})],
+        ...                      pca_slice(x, resolution=32), x[:200], x[200:])
+        >>> [round(float(f), 2) for f in res["flip_rate"]]
+        [0.0, 0.18]
+    """
+    if "variant_apply_fn" in kwargs:
+        raise TypeError("compare_models takes each variant's apply_fn in variant_models")
+    if not (isinstance(float_model, tuple | list) and len(float_model) == 2):
+        raise TypeError("float_model must be a pair (apply_fn, params)")
+    models = list(variant_models)
+    if not models:
+        raise ValueError("variant_models is empty; give at least one (apply_fn, params) pair")
+    for i, m in enumerate(models):
+        if not (isinstance(m, tuple | list) and len(m) == 2 and callable(m[0])):
+            raise TypeError(f"variant_models[{i}] must be a pair (apply_fn, params), got {m!r}")
+    groups: list[tuple[Callable, list]] = []
+    for fn, params in models:
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and last[0] is fn
+            and jax.tree.structure(last[1][0]) == jax.tree.structure(params)
+        ):
+            last[1].append(params)
+        else:
+            groups.append((fn, [params]))
+    apply_fn, params_float = float_model
+    results = [
+        compare(
+            apply_fn,
+            params_float,
+            _stack_group(plist),
+            slc,
+            heldout_x,
+            calibration_x,
+            variant_apply_fn=fn,
+            **kwargs,
+        )
+        for fn, plist in groups
+    ]
+    out = {}
+    for k in results[0]:
+        if k == "labels_float":
+            out[k] = results[0][k]
+        else:
+            out[k] = np.concatenate([r[k] for r in results])
     return out
 
 
