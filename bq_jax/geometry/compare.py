@@ -172,8 +172,8 @@ def compare(
         variant_apply_fn: ``variant_apply_fn(params, x) -> logits`` of the variants when they
             are another model than ``apply_fn`` (None: ``apply_fn``). Its logits must have the
             float model's K classes, and the local metrics need it differentiable in ``x``
-            (``jax.grad``; a model whose margins are flat in ``x`` reports every band point in
-            ``zero_gradient_count``).
+            (``jax.grad``; band points where its margin gradient is zero are counted in
+            ``zero_gradient_count``, never divided by).
 
     Returns:
         dict of numpy arrays (see above); :func:`compare_records` turns it into JSON rows.

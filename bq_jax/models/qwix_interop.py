@@ -17,9 +17,11 @@ Providers (qwix 0.1.8):
   ``qwix.quantize_params(float_params, abstract PTQ params)``; ``params`` holds qwix's
   ``WithAux(QArray(qvalue, scale))`` leaves (integer codes and scales). The forward pass
   dequantizes them (``qvalue * scale``) before each float matmul, so logits are
-  differentiable in ``x`` -- unless activations are quantized too (``act_qtype``): PTQ rounds
-  them with ``jnp.round``, whose derivative is 0, so every margin gradient is 0 (the local
-  radii / normals of ``compare`` then count every band point as a zero-gradient point).
+  differentiable in ``x``. With quantized activations (``act_qtype``) PTQ rounds them with
+  ``jnp.round`` (derivative 0), so its input gradient is the exact derivative of the
+  quantized function -- only the path through the dynamic activation scale ``absmax(x) /
+  (qmax + 0.5)`` -- not a straight-through one: local radii and normals are then those of
+  the piecewise-constant model.
 * ``"qat"`` (``qwix.QtProvider``): fake quantization in the forward pass of the float
   weights (re-quantized every call); ``params`` are the float variables. qwix's custom VJP
   passes input gradients straight through (``dL/dx = g . Q(W)^T``), so the local geometry is
@@ -35,7 +37,9 @@ called.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -58,14 +62,27 @@ def import_qwix():
         ) from err
 
 
+@contextlib.contextmanager
+def _quiet_qwix():
+    """Runs qwix under the dtype promotion it is written for (``"standard"``: its quantized
+    matmuls mix int32 and float32, which a ``jax_numpy_dtype_promotion="strict"`` session
+    rejects) and silences the one deprecation qwix 0.1.8 triggers in flax 0.12
+    (``nnx.VariableState``, an alias flax kept for it); nothing else is filtered."""
+    with warnings.catch_warnings(), jax.numpy_dtype_promotion("standard"):
+        warnings.filterwarnings(
+            "ignore", message="'VariableState' was removed", category=DeprecationWarning
+        )
+        yield
+
+
 class QwixModel(NamedTuple):
     """A qwix-quantized model as pure functions.
 
     ``apply_fn(params, x) -> logits[N, K]`` runs the quantized model on a batch; ``params`` is
     its variables dict (``{"params": ...}`` plus any other collections of the float
     variables); ``provider`` is ``"ptq"`` or ``"qat"``; ``quantized_activations`` says
-    whether a rule quantizes activations (``act_qtype``), which makes PTQ margins flat in
-    ``x`` (see the module docstring).
+    whether a rule quantizes activations (``act_qtype``), which changes what PTQ's input
+    gradients mean (see the module docstring).
     """
 
     apply_fn: Callable
@@ -168,7 +185,8 @@ def from_qwix(
     variables = dict(variables)
 
     def apply_fn(params, x):
-        return module.apply(params, x, **call_kwargs)
+        with _quiet_qwix():
+            return module.apply(params, x, **call_kwargs)
 
     if provider == "qat":
         params = variables
@@ -180,10 +198,11 @@ def from_qwix(
                 "provider='ptq' needs sample_x (one input batch) to trace qwix's quantized "
                 "parameter layout, or quantized_variables"
             )
-        abstract = jax.eval_shape(
-            lambda x: module.init(jax.random.key(0), x, **call_kwargs), sample_x
-        )
-        qparams = qwix.quantize_params(variables["params"], abstract["params"])
+        with _quiet_qwix():
+            abstract = jax.eval_shape(
+                lambda x: module.init(jax.random.key(0), x, **call_kwargs), sample_x
+            )
+            qparams = qwix.quantize_params(variables["params"], abstract["params"])
         params = {**variables, "params": qparams}
     return QwixModel(
         apply_fn=apply_fn, params=params, provider=provider, quantized_activations=bool(acts)
