@@ -187,7 +187,9 @@ METRICS: dict[str, Term] = {
         ".2f",
     ),
     # -- per-layer sensitivity and mixed precision ---------------------------------------------
-    "layer": Term("weight layer: its leaf path, e.g. params/Dense_0/kernel (None: every layer)", "s"),
+    "layer": Term(
+        "weight layer: its leaf path, e.g. params/Dense_0/kernel (None: every layer)", "s"
+    ),
     "scope": Term(
         "weights a sensitivity variant quantizes: only (this layer), all_but (every weight "
         "layer but this one) or all",
@@ -211,7 +213,9 @@ METRICS: dict[str, Term] = {
         ".3f",
     ),
     "bits_per_layer": Term("width of each weight layer (leaf path -> bits)", "s"),
-    "phase": Term("step of the greedy allocation: narrow (to meet the budget) or widen (refill)", "s"),
+    "phase": Term(
+        "step of the greedy allocation: narrow (to meet the budget) or widen (refill)", "s"
+    ),
     "heldout_boundary_jaccard_distance_difference": Term(
         "heldout_boundary_jaccard_distance of mixed minus uniform, paired by plane", ".3f"
     ),

@@ -313,8 +313,10 @@ def _as_configs(configs) -> tuple[quant.QuantConfig, ...]:
 def _as_slice_list(slices) -> list:
     if isinstance(slices, geometry.Slice):
         return [slices[i] for i in range(slices.num_slices)] if slices.stacked else [slices]
-    if isinstance(slices, Sequence) and slices and all(
-        isinstance(s, geometry.Slice) and not s.stacked for s in slices
+    if (
+        isinstance(slices, Sequence)
+        and slices
+        and all(isinstance(s, geometry.Slice) and not s.stacked for s in slices)
     ):
         return list(slices)
     raise TypeError(
@@ -854,7 +856,9 @@ def allocate_bits(
         (True, ['params/layers_0/kernel', 'params/layers_2/kernel'])
     """
     if not isinstance(configs, Mapping) or not configs:
-        raise TypeError(f"configs must be a non-empty mapping width -> QuantConfig, got {configs!r}")
+        raise TypeError(
+            f"configs must be a non-empty mapping width -> QuantConfig, got {configs!r}"
+        )
     for b, cfg in configs.items():
         if not isinstance(cfg, quant.QuantConfig) or cfg.bits != b:
             raise ValueError(
