@@ -203,8 +203,13 @@ METRICS: dict[str, Term] = {
     ),
     "budget": Term("average bits per weight (weighted by weight count) an allocation may use", "d"),
     "allocation": Term(
-        "mixed (per-layer widths chosen on calibration planes) or uniform (every layer at the "
-        "budget)",
+        "mixed (per-layer widths chosen greedily on calibration planes), uniform (every layer "
+        "at the budget) or exhaustive (the best widths on calibration planes, brute force)",
+        "s",
+    ),
+    "exhaustive_bits_per_layer": Term(
+        "widths minimising the calibration boundary Jaccard distance within the budget, found "
+        "by exhaustive search (None: too many assignments)",
         "s",
     ),
     "average_bits": Term(

@@ -250,6 +250,10 @@ def test_greedy_matches_brute_force_on_the_noise_model_and_refine_matters():
 
         for budget in (3, 4):
             best = _brute_force(score, DIGITS_SIZES, WIDTHS, budget)
+            assert ptq.exhaustive_allocation(score, DIGITS_SIZES, WIDTHS, budget) == (
+                best,
+                score([best])[0],
+            )
             got, steps = ptq.greedy_allocation(score, DIGITS_SIZES, WIDTHS, budget)
             narrow_only, _ = ptq.greedy_allocation(
                 score, DIGITS_SIZES, WIDTHS, budget, refine=False
@@ -260,6 +264,8 @@ def test_greedy_matches_brute_force_on_the_noise_model_and_refine_matters():
             assert avg <= budget and steps[-1]["average_bits"] == pytest.approx(avg)
     assert hits == 40
     assert hits_narrow_only < 40
+    with pytest.raises(ValueError, match="max_assignments"):
+        ptq.exhaustive_allocation(score, DIGITS_SIZES, WIDTHS, 4, max_assignments=100)
 
 
 def test_greedy_is_deterministic_and_breaks_ties_in_layer_order():

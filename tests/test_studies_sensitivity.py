@@ -53,8 +53,13 @@ def test_quick_run_rows_allocations_and_differences(quick_run):
         assert a["average_bits"] == pytest.approx(avg) and avg <= a["budget"]
         assert set(bits.values()) <= set(cfg.candidate_bits)
     rows = {(r["budget"], r["allocation"]): r for r in seed["rows"]}
+    assert list(rows) == [(b, a) for b in cfg.budgets for a in ("mixed", "uniform", "exhaustive")]
     for (budget, name), r in rows.items():
-        if name == "uniform":
+        assert r["average_bits"] <= budget
+        if name == "exhaustive":  # the calibration optimum: no allocation within budget is lower
+            cal = "calibration_boundary_jaccard_distance"
+            assert r[cal] <= min(rows[(budget, n)][cal] for n in ("mixed", "uniform"))
+        elif name == "uniform":
             assert r["average_bits"] == budget and set(r["bits_per_layer"].values()) == {budget}
         else:
             alloc = next(a for a in seed["allocations"] if a["budget"] == budget)
@@ -97,8 +102,9 @@ def test_quick_run_rows_allocations_and_differences(quick_run):
 def test_quick_run_findings_figures_and_report(quick_run):
     results = json.loads((quick_run / "results.json").read_text())
     found = [f for f in results["findings"] if f["study"] == "sensitivity"]
-    # per layer width: 2 findings; per budget: calibration, held-out Jaccard, held-out flip rate
-    assert len(found) == 2 * 1 + 3 * 1
+    # per layer width: 2 findings; per budget: calibration, exhaustive, held-out Jaccard and
+    # held-out flip rate
+    assert len(found) == 2 * 1 + 4 * 1
     assert all(f["holds"] in (True, False) and f["evidence"] for f in found)
     assert any("HELD-OUT boundary Jaccard" in f["finding"] for f in found)
     for name in ("layer_sensitivity_3bit.png", "mixed_vs_uniform.png"):

@@ -16,7 +16,8 @@ does for accuracy, done here for decision geometry:
 * :func:`allocate_bits`: a greedy mixed-precision allocation that, for an average bit budget
   (weighted by parameter count, :func:`average_bits`), picks per-layer widths from a candidate
   set minimising the CALIBRATION boundary Jaccard distance (:func:`greedy_allocation` is the
-  search, on any score).
+  search, on any score; :func:`exhaustive_allocation` the brute-force reference for a few
+  layers).
 
 Intervals: a proportion over examples (accuracy, flip rate, band flip rate, pair-order flip)
 gets the Wilson score interval (:func:`wilson_interval`); a slice metric gets the Student-t
@@ -36,6 +37,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +61,7 @@ __all__ = [
     "allocate_bits",
     "average_bits",
     "calibration_jaccard_score",
+    "exhaustive_allocation",
     "greedy_allocation",
     "layer_sensitivity",
     "mean_interval",
@@ -708,6 +711,59 @@ def greedy_allocation(
             record("narrow", j, idx[j], state[j], scores[best], state)
         idx, current = state, scores[best]
     return widths_of(idx), steps
+
+
+def exhaustive_allocation(
+    score_fn: Callable[[list[tuple[int, ...]]], Sequence[float]],
+    num_weights: Sequence[int],
+    widths: Sequence[int],
+    budget: float,
+    *,
+    max_assignments: int = 4096,
+) -> tuple[tuple[int, ...], float]:
+    """The best assignment within the budget by exhaustive search (the reference for
+    :func:`greedy_allocation` on small networks).
+
+    Every assignment of ``widths`` to the layers with ``sum_l n_l b_l <= budget * sum_l n_l``
+    is scored in one ``score_fn`` call; the lowest score wins (ties: the first in
+    ``itertools.product`` order of the widths sorted widest first). There are
+    ``len(widths) ** len(num_weights)`` assignments, so this is for a few layers only.
+
+    Args:
+        score_fn, num_weights, widths, budget: as in :func:`greedy_allocation`.
+        max_assignments: refuse (ValueError) when ``len(widths) ** layers`` exceeds it.
+
+    Returns:
+        The best widths per layer and their score.
+
+    Example:
+        >>> def score(assignments):
+        ...     return [10 * 2.0 ** -a[0] + 2.0 ** -a[1] for a in assignments]
+        >>> exhaustive_allocation(score, [100, 100], [2, 4, 8], budget=5.0)
+        ((8, 2), 0.2890625)
+    """
+    ws = sorted({check_int("widths[i]", w, 1) for w in widths}, reverse=True)
+    if len(ws) != len(widths):
+        raise ValueError(f"widths must be distinct, got {widths}")
+    sizes = [check_int("num_weights[i]", n, 1) for n in num_weights]
+    if not sizes:
+        raise ValueError("num_weights is empty; give at least one layer")
+    budget = check_float("budget", budget, low=float(ws[-1]), high=float(ws[0]))
+    if len(ws) ** len(sizes) > max_assignments:
+        raise ValueError(
+            f"exhaustive search over {len(ws)} widths and {len(sizes)} layers means "
+            f"{len(ws) ** len(sizes)} assignments, more than max_assignments={max_assignments}; "
+            "use greedy_allocation"
+        )
+    limit = budget * sum(sizes) * (1 + 1e-12)
+    feasible = [
+        a
+        for a in itertools.product(ws, repeat=len(sizes))
+        if sum(n * b for n, b in zip(sizes, a, strict=True)) <= limit
+    ]
+    scores = [float(x) for x in score_fn(feasible)]
+    best = min(range(len(feasible)), key=lambda i: (scores[i], i))
+    return feasible[best], scores[best]
 
 
 def calibration_jaccard_score(

@@ -17,7 +17,10 @@ channel, min-max, round to nearest; biases and activations float):
    (mean over the calibration planes). The allocation and the uniform width with the same
    average bits are then judged on HELD-OUT data: accuracy, flip rate, band flip rate, held-out
    boundary Jaccard distance on the held-out planes. The calibration split chooses, the
-   held-out split judges; nothing is tuned on held-out data.
+   held-out split judges; nothing is tuned on held-out data. For a small network (at most
+   ``MAX_EXHAUSTIVE`` width assignments; the digits MLP has 6^3 = 216) the exhaustive minimiser
+   of the same calibration score within the budget is judged too: it separates a weak search
+   from a calibration criterion that does not carry over to held-out data.
 
 Planes (:func:`slice_stack`): per split, the PCA plane of that split's inputs plus
 ``num_slices - 1`` random orthonormal planes through their mean (keys
@@ -34,8 +37,9 @@ and accuracy differences. The aggregate's ``_std`` is the spread over training s
 Per-seed result: ``model``, ``float_accuracy``, ``num_heldout_examples``, ``layers`` (paths),
 ``num_weights`` (path -> count), ``layer_rows`` (keys of :func:`bq_jax.ptq.layer_sensitivity`,
 slice metrics prefixed ``heldout_``), ``allocations`` (per budget: ``budget``,
-``bits_per_layer``, ``average_bits``, ``calibration_boundary_jaccard_distance``, ``steps``),
-``rows`` (per budget and ``allocation`` in {"mixed", "uniform"}: ``average_bits``,
+``bits_per_layer``, ``average_bits``, ``calibration_boundary_jaccard_distance``,
+``exhaustive_bits_per_layer`` (None when too many assignments), ``steps``),
+``rows`` (per budget and ``allocation`` of :data:`ALLOCATIONS`: ``average_bits``,
 ``calibration_boundary_jaccard_distance`` and the held-out metrics of
 :func:`bq_jax.ptq.measure_variants`), ``differences`` (per budget: paired counts and per-plane
 differences, mixed - uniform).
@@ -73,8 +77,12 @@ NAME = "sensitivity"
 TITLE = "Per-layer boundary sensitivity and mixed precision"
 DEPENDS: tuple[str, ...] = ()
 
-#: Row names of the mixed-precision comparison at each budget.
-ALLOCATIONS = ("mixed", "uniform")
+#: Row names of the mixed-precision comparison at each budget: the greedy allocation, uniform
+#: weights at the budget and, for a network small enough (at most MAX_EXHAUSTIVE assignments),
+#: the exhaustive minimiser of the calibration score within the budget.
+ALLOCATIONS = ("mixed", "uniform", "exhaustive")
+#: Largest number of width assignments (widths ** layers) searched exhaustively.
+MAX_EXHAUSTIVE = 4096
 # compare()'s slice metrics, as reported here on the held-out planes.
 _SLICE_KEYS = ("boundary_jaccard_distance", "grid_change", "triple_junction_count")
 _SUFFIXES = ("", "_ci_low", "_ci_high", "_per_slice")
@@ -253,13 +261,19 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
             budget=budget,
             score_fn=score,
         )
-        uniform = dict.fromkeys(layers, budget)
+        named = {"mixed": alloc.bits, "uniform": dict.fromkeys(layers, budget)}
+        if len(configs) ** len(layers) <= MAX_EXHAUSTIVE:
+            best, _ = ptq.exhaustive_allocation(
+                score, [sizes[p] for p in layers], list(configs), budget
+            )
+            named["exhaustive"] = dict(zip(layers, best, strict=True))
         allocations.append(
             {
                 "budget": budget,
                 "bits_per_layer": alloc.bits,
                 "average_bits": alloc.average_bits,
                 "calibration_boundary_jaccard_distance": alloc.calibration_score,
+                "exhaustive_bits_per_layer": named.get("exhaustive"),
                 "steps": [
                     {
                         "calibration_boundary_jaccard_distance" if k == "score" else k: x
@@ -269,7 +283,7 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
                 ],
             }
         )
-        for name, bits in (("mixed", alloc.bits), ("uniform", uniform)):
+        for name, bits in named.items():
             variants.append(ptq.quantize_layers(v, {p: configs[b] for p, b in bits.items()}))
             (cal,) = score([tuple(bits[p] for p in layers)])
             heads.append(
@@ -290,8 +304,9 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
     flips = pred[1:] != pred[0]
     correct = pred[1:] == y_held
     differences = []
-    for i, budget in enumerate(config.budgets):
-        m, u = 2 * i, 2 * i + 1
+    index = {(h["budget"], h["allocation"]): i for i, h in enumerate(heads)}
+    for budget in config.budgets:
+        m, u = index[(budget, "mixed")], index[(budget, "uniform")]
         jm = rows[m]["heldout_boundary_jaccard_distance_per_slice"]
         ju = rows[u]["heldout_boundary_jaccard_distance_per_slice"]
         differences.append(
@@ -393,7 +408,18 @@ def aggregate(config: SensitivityConfig, per_seed: list[dict]) -> dict:
         "layer_rows": mean_rows([s["layer_rows"] for s in per_seed], ("bits", "scope", "layer")),
         "rows": mean_rows([s["rows"] for s in per_seed], ("budget", "allocation")),
         "allocations": [
-            {"seed": seed, **{k: a[k] for k in ("budget", "bits_per_layer", "average_bits")}}
+            {
+                "seed": seed,
+                **{
+                    k: a[k]
+                    for k in (
+                        "budget",
+                        "bits_per_layer",
+                        "average_bits",
+                        "exhaustive_bits_per_layer",
+                    )
+                },
+            }
             for seed, s in zip(config.seeds, per_seed, strict=True)
             for a in s["allocations"]
         ],
@@ -465,6 +491,19 @@ def findings(config: SensitivityConfig, results: dict) -> list[Finding]:
                 f"average bits {m['average_bits']:.3f} vs {u['average_bits']:.3f}",
             )
         )
+        ex = rows.get((b, "exhaustive"))
+        if ex is not None:
+            chosen = [a for a in results["allocations"] if a["budget"] == b]
+            same = sum(a["bits_per_layer"] == a["exhaustive_bits_per_layer"] for a in chosen)
+            out.append(
+                Finding(
+                    f"{b} bits per weight: the greedy allocation reaches the exhaustive "
+                    "minimum of the calibration boundary Jaccard distance within the budget",
+                    bool(abs(m[cal] - ex[cal]) <= 1e-9),
+                    f"greedy {m[cal]:.4f} vs exhaustive {ex[cal]:.4f} (calibration, mean over "
+                    f"planes and seeds); the same widths in {same} of {len(chosen)} seeds",
+                )
+            )
         jd = "heldout_boundary_jaccard_distance_difference"
         out.append(
             Finding(
@@ -474,7 +513,8 @@ def findings(config: SensitivityConfig, results: dict) -> list[Finding]:
                 bool(d[jd + "_ci_high"] is not None and d[jd + "_ci_high"] < 0),
                 f"difference {_fmt_ci(d, jd)} over {d['num_pairs']} (seed, plane) pairs; mixed "
                 f"{_fmt_ci(m, key)} vs uniform {_fmt_ci(u, key)}; mixed lower in "
-                f"{d['seeds_mixed_better']} of {d['n_seeds']} seeds",
+                f"{d['seeds_mixed_better']} of {d['n_seeds']} seeds"
+                + ("" if ex is None else f"; exhaustive calibration optimum {ex[key]:.3f}"),
             )
         )
         out.append(
@@ -580,6 +620,7 @@ def figures(config: SensitivityConfig, results: dict, first_result: dict, arrays
                 [by[(b, name)].get(key + "_std") or 0.0 for b in budgets],
             )
             for name in ALLOCATIONS
+            if (budgets[0], name) in by
         }
         _bars(ax, [f"{b} bits/weight" for b in budgets], series, label)
         ax.legend(fontsize=8)
@@ -667,19 +708,26 @@ def report_section(sec, config: SensitivityConfig, results: dict, figure_paths: 
         + ", ".join(_short(p) for p in results["layers"])
         + "; the budget is the parameter-weighted average bits per weight):"
     )
+
+    def widths(bits):
+        return "—" if bits is None else "/".join(str(bits[p]) for p in results["layers"])
+
     alloc_rows = [
         {
             "seed": a["seed"],
             "budget": a["budget"],
-            "bits per layer": "/".join(str(a["bits_per_layer"][p]) for p in results["layers"]),
+            "bits per layer": widths(a["bits_per_layer"]),
             "average_bits": f"{a['average_bits']:.3f}",
+            "exhaustive": widths(a["exhaustive_bits_per_layer"]),
         }
         for a in results["allocations"]
     ]
-    table(sec, alloc_rows, ["seed", "budget", "bits per layer", "average_bits"])
+    table(sec, alloc_rows, ["seed", "budget", "bits per layer", "average_bits", "exhaustive"])
     sec.text(
-        "**Mixed vs uniform at equal average bits** (calibration_boundary_jaccard_distance: the "
-        "criterion, calibration planes; the rest judged on held-out data and planes):"
+        "**Mixed vs uniform at equal average bits** (mixed: the greedy allocation; exhaustive: "
+        "the best allocation within the budget on calibration planes; "
+        "calibration_boundary_jaccard_distance: the criterion, on calibration planes; the rest "
+        "judged on held-out data and planes):"
     )
     rows = []
     for r in results["rows"]:
