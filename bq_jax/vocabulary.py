@@ -16,6 +16,10 @@ Conventions
 * **Aggregation over seeds.** A number ``x`` is the mean over seeds, ``x_std`` its sample
   standard deviation (``ddof=1``; ``0.0`` for one seed) and ``n_seeds`` the number of seeds that
   contributed; ``None`` marks a value undefined by construction and is left out of the mean.
+* **Intervals within one seed.** ``x_ci_low`` / ``x_ci_high`` are the ends of the confidence
+  interval of ``x`` (level ``confidence_level``; the resampling unit is stated where ``x`` is
+  made: planes for a slice metric, examples for a proportion) and ``x_per_slice`` its value on
+  each plane of a slice stack.
 
 This module imports nothing of the project's (it sits below every sub-package).
 """
@@ -30,6 +34,8 @@ __all__ = [
     "METRICS",
     "HYPERPARAMETERS",
     "STD_SUFFIX",
+    "INTERVAL_SUFFIXES",
+    "PER_SLICE_SUFFIX",
     "N_SEEDS",
     "DEFAULT_BAND_QUANTILE",
     "metric_format",
@@ -41,6 +47,10 @@ SPLITS = ("train", "calibration", "heldout")
 
 #: Suffix of the standard deviation over seeds of an aggregated number ``x``.
 STD_SUFFIX = "_std"
+#: Suffixes of the low and high ends of a within-seed confidence interval of ``x``.
+INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
+#: Suffix of the per-plane values of a slice metric ``x`` measured on a stack of planes.
+PER_SLICE_SUFFIX = "_per_slice"
 #: Key of the number of seeds behind an aggregated row.
 N_SEEDS = "n_seeds"
 
@@ -176,6 +186,54 @@ METRICS: dict[str, Term] = {
         "SQNR of the deployed weights against the latent weights after QAT, mean over layers",
         ".2f",
     ),
+    # -- per-layer sensitivity and mixed precision ---------------------------------------------
+    "layer": Term(
+        "weight layer: its leaf path, e.g. params/Dense_0/kernel (None: every layer)", "s"
+    ),
+    "scope": Term(
+        "weights a sensitivity variant quantizes: only (this layer), all_but (every weight "
+        "layer but this one) or all",
+        "s",
+    ),
+    "num_weights": Term("weights of the layer (of every weight layer for scope all)", "d"),
+    "num_slices": Term("planes a slice metric is averaged over (its interval's n)", "d"),
+    "heldout_grid_change": Term("grid_change on the planes of the held-out inputs"),
+    "heldout_triple_junction_count": Term(
+        "triple_junction_count on the planes of the held-out inputs", ".1f"
+    ),
+    "budget": Term("average bits per weight (weighted by weight count) an allocation may use", "d"),
+    "allocation": Term(
+        "mixed (per-layer widths chosen greedily on calibration planes), uniform (every layer "
+        "at the budget) or exhaustive (the best widths on calibration planes, brute force)",
+        "s",
+    ),
+    "exhaustive_bits_per_layer": Term(
+        "widths minimising the calibration boundary Jaccard distance within the budget, found "
+        "by exhaustive search (None: too many assignments)",
+        "s",
+    ),
+    "average_bits": Term(
+        "sum_l n_l b_l / sum_l n_l over the weight layers (n_l weights of layer l at b_l bits; "
+        "biases not counted)",
+        ".3f",
+    ),
+    "bits_per_layer": Term("width of each weight layer (leaf path -> bits)", "s"),
+    "phase": Term(
+        "step of the greedy allocation: narrow (to meet the budget) or widen (refill)", "s"
+    ),
+    "heldout_boundary_jaccard_distance_difference": Term(
+        "heldout_boundary_jaccard_distance of mixed minus uniform, paired by plane", ".3f"
+    ),
+    "flip_rate_difference": Term("flip_rate of mixed minus uniform, paired by held-out example"),
+    "accuracy_difference": Term("accuracy of mixed minus uniform, paired by held-out example"),
+    "num_pairs": Term("paired units behind a pooled difference", "d"),
+    "seeds_mixed_better": Term(
+        "seeds whose mean held-out boundary Jaccard difference (mixed - uniform) is below 0", "d"
+    ),
+    "mixed_only_flips": Term("held-out examples flipped by mixed but not by uniform", "d"),
+    "uniform_only_flips": Term("held-out examples flipped by uniform but not by mixed", "d"),
+    "mixed_only_correct": Term("held-out examples right under mixed but not under uniform", "d"),
+    "uniform_only_correct": Term("held-out examples right under uniform but not under mixed", "d"),
 }
 
 #: Hyperparameters (config fields) shared by the studies, CLI flags and reports. The CLI takes
@@ -218,17 +276,27 @@ HYPERPARAMETERS: dict[str, str] = {
     "selection_accuracy_tolerance": "half-B calibration accuracy a boundary-gap candidate may lose "
     "against AdaRound and stay eligible",
     "check_bits": "weight bit width of the PTQ-W check row of the rounding comparison",
+    "layer_bits": "weight bit widths of the per-layer sensitivity table",
+    "candidate_bits": "weight bit widths the mixed-precision allocation may give a layer",
+    "budgets": "average bits per weight (weighted by weight count) of the mixed-precision "
+    "allocations; each is also the uniform baseline's width",
+    "num_slices": "planes per split: the PCA plane plus num_slices - 1 random planes through "
+    "the mean",
+    "confidence_level": "confidence level of the intervals (Wilson over examples, t over planes)",
 }
 
 
 def metric_format(key: str) -> str:
-    """Format spec of metric ``key`` (``x_std`` uses the format of ``x``); ``.4g`` if unknown.
+    """Format spec of metric ``key`` (``x_std``, ``x_ci_low`` and ``x_ci_high`` use the format of
+    ``x``); ``.4g`` if unknown.
 
     Example:
         >>> metric_format("boundary_jaccard_distance_std")
         '.3f'
     """
     base = key[: -len(STD_SUFFIX)] if key.endswith(STD_SUFFIX) else key
+    for suffix in INTERVAL_SUFFIXES:
+        base = base.removesuffix(suffix)
     term = METRICS.get(base)
     return term.fmt if term is not None else ".4g"
 

@@ -22,6 +22,7 @@ COMMANDS = [
     "qat-basin",
     "range-methods",
     "rounding-comparison",
+    "sensitivity",
     "train",
 ]
 

@@ -95,6 +95,16 @@ COMMANDS: dict[str, Command] = {
         ("rounding_comparison",),
         "RoundingComparisonConfig",
     ),
+    "sensitivity": Command(
+        "per-layer boundary sensitivity; mixed precision chosen on calibration data",
+        "Quantize one weight layer at a time (and all but one) at each of --layer-bits and "
+        "measure held-out accuracy, flip rate, band flip rate, weight SQNR and the boundary "
+        "Jaccard distance on a stack of held-out planes; then, for each average bit budget of "
+        "--budgets, choose per-layer widths greedily on calibration planes and judge them "
+        "against uniform weights at the same average bits on held-out data.",
+        ("sensitivity",),
+        "SensitivityConfig",
+    ),
     "train": Command(
         "train (or load cached) float classifiers",
         "Train the float classifiers for the requested seeds (or load them from the checkpoint "

@@ -11,6 +11,9 @@ with ``flax.linen.intercept_methods``; see :mod:`bq_jax.ptq.layers`):
 * Learned rounding: :func:`adaround` (layer-wise, :class:`AdaRoundConfig`),
   :func:`optimize_rounding` (network-wise with a swappable objective, boundary-gap rounding,
   :class:`RoundingConfig`), :func:`nearest_rounding`, :func:`layer_reconstruction_error`.
+* Per-layer boundary sensitivity and mixed precision: :func:`layer_sensitivity` (only one
+  layer / all but one quantized), :func:`allocate_bits` (greedy widths under an average-bit
+  budget, chosen on calibration planes), :func:`quantize_layers`.
 """
 
 from bq_jax.ptq.activations import *  # noqa: F403
@@ -20,4 +23,5 @@ from bq_jax.ptq.folding import *  # noqa: F403
 from bq_jax.ptq.layers import *  # noqa: F403
 from bq_jax.ptq.paths import *  # noqa: F403
 from bq_jax.ptq.rounding import *  # noqa: F403
+from bq_jax.ptq.sensitivity import *  # noqa: F403
 from bq_jax.ptq.weights import *  # noqa: F403

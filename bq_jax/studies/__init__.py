@@ -9,7 +9,7 @@ The boundary-aware quantization paper's five studies run under :class:`StudyConf
 * :mod:`~bq_jax.studies.rounding`       nearest vs AdaRound vs boundary-gap rounding.
 * :mod:`~bq_jax.studies.correlation`    calibration vs held-out boundary Jaccard distance.
 
-and three more, each under its own config:
+and four more, each under its own config:
 
 * :mod:`~bq_jax.studies.qat_basin`            PTQ leaves the loss basin, QAT returns
   (``BasinConfig``, ``bq-jax qat-basin``).
@@ -18,6 +18,9 @@ and three more, each under its own config:
 * :mod:`~bq_jax.studies.rounding_comparison`  rounding rules over seeds with the boundary-gap
   settings chosen on calibration data (``RoundingComparisonConfig``,
   ``bq-jax rounding-comparison``).
+* :mod:`~bq_jax.studies.sensitivity`          per-layer boundary sensitivity and a mixed-precision
+  allocation chosen on calibration planes, judged on held-out data (``SensitivityConfig``,
+  ``bq-jax sensitivity``).
 
 Every study module has the shape of :mod:`bq_jax.studies.protocol` (config, compute, aggregate,
 findings, figures, report section); :func:`run` runs any of them resumably into an output
@@ -57,6 +60,7 @@ from bq_jax.studies.registry import STUDIES
 from bq_jax.studies.results import SCHEMA_VERSION, ResultsError, load_results
 from bq_jax.studies.rounding_comparison import RoundingComparisonConfig
 from bq_jax.studies.runner import RunSummary, run, run_study, train_only
+from bq_jax.studies.sensitivity import SensitivityConfig
 
 __all__ = [
     "DATASETS",
@@ -70,6 +74,7 @@ __all__ = [
     "ResultsError",
     "RoundingComparisonConfig",
     "RunSummary",
+    "SensitivityConfig",
     "StudyConfig",
     "StudyError",
     "default_config",

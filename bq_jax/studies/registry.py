@@ -13,6 +13,7 @@ from bq_jax.studies import (
     range_methods,
     rounding,
     rounding_comparison,
+    sensitivity,
     stopping,
 )
 from bq_jax.studies.protocol import check_study
@@ -31,6 +32,7 @@ STUDIES: dict[str, types.ModuleType] = {
         qat_basin,
         range_methods,
         rounding_comparison,
+        sensitivity,
     )
 }
 
