@@ -17,6 +17,10 @@ it imports only the layers below every sub-package (``bq_jax._src``, ``bq_jax.vo
   :func:`boundary_band`, :func:`band_flip_rate`, :func:`pair_order_flip`.
 * :mod:`~bq_jax.geometry.local`: :func:`margin_radius`, :func:`boundary_displacement`,
   :func:`normal_variation`, :func:`median_local_shift`.
+* :mod:`~bq_jax.geometry.regions`: :func:`fragmentation`, :func:`region_counts`,
+  :func:`connected_components` (8-connected regions of label maps), :func:`class_skips`,
+  :func:`segment_points`, :func:`segment_labels`, :func:`segment_class_skips` (label changes
+  along segments between inputs).
 * :mod:`~bq_jax.geometry.compare`: :func:`compare` (all metrics per variant, one call).
 * :mod:`~bq_jax.geometry.surrogates`: :func:`soft_boundary_mask`, :func:`soft_jaccard`,
   :func:`boundary_gap_penalty`.
@@ -27,7 +31,7 @@ evaluation shared by sweeps, :func:`compare` and the local geometry) and
 """
 
 from bq_jax.geometry.adaptive import AdaptiveLabels, adaptive_labels
-from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_records
+from bq_jax.geometry.compare import COMPARE_KEYS, SEGMENT_KEYS, compare, compare_records
 from bq_jax.geometry.local import (
     GRAD_TOL,
     MarginRadius,
@@ -54,6 +58,18 @@ from bq_jax.geometry.metrics import (
     triple_junction_count,
     triple_junctions,
 )
+from bq_jax.geometry.regions import (
+    DEFAULT_SEGMENT_POINTS,
+    ClassSkips,
+    Fragmentation,
+    class_skips,
+    connected_components,
+    fragmentation,
+    region_counts,
+    segment_class_skips,
+    segment_labels,
+    segment_points,
+)
 from bq_jax.geometry.slices import Slice, pca_slice, points_slice, random_slice, stack_slices
 from bq_jax.geometry.surrogates import boundary_gap_penalty, huber, soft_boundary_mask, soft_jaccard
 from bq_jax.geometry.sweep import (
@@ -68,8 +84,12 @@ from bq_jax.geometry.sweep import (
 __all__ = [
     "AdaptiveLabels",
     "COMPARE_KEYS",
+    "ClassSkips",
+    "DEFAULT_SEGMENT_POINTS",
+    "Fragmentation",
     "GRAD_TOL",
     "MarginRadius",
+    "SEGMENT_KEYS",
     "Slice",
     "adaptive_labels",
     "band_flip_rate",
@@ -80,12 +100,15 @@ __all__ = [
     "boundary_jaccard",
     "boundary_jaccard_distance",
     "boundary_mask",
+    "class_skips",
     "compare",
     "compare_records",
+    "connected_components",
     "default_chunk_size",
     "device_mesh",
     "evaluate_logits",
     "flip_rate",
+    "fragmentation",
     "grid_change",
     "huber",
     "margin",
@@ -100,6 +123,10 @@ __all__ = [
     "pca_slice",
     "points_slice",
     "random_slice",
+    "region_counts",
+    "segment_class_skips",
+    "segment_labels",
+    "segment_points",
     "soft_boundary_mask",
     "soft_jaccard",
     "stack_slices",
