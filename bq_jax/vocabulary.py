@@ -250,6 +250,8 @@ HYPERPARAMETERS: dict[str, str] = {
     "selection_accuracy_tolerance": "half-B calibration accuracy a boundary-gap candidate may lose "
     "against AdaRound and stay eligible",
     "check_bits": "weight bit width of the PTQ-W check row of the rounding comparison",
+    "segment_pairs": "pairs of held-out inputs whose segments the bit sweep counts label "
+    "changes along (class skips)",
 }
 
 

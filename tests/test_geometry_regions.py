@@ -404,3 +404,41 @@ def test_compare_segment_errors(wave_compare):
         G.compare(*args, segment_pairs=(x0[:, :1], x1[:, :1]))
     with pytest.raises(ValueError, match="num_points must be an int >= 2"):
         G.compare(*args, segment_pairs=(x0, x1), segment_points=1)
+
+
+# -- the bit sweep's segment pairs ---------------------------------------------------------------
+
+
+class _HeldoutOnly:
+    """The part of a study's SeedContext that segment_pairs reads."""
+
+    def __init__(self, seed, x):
+        self.seed, self._x = seed, x
+
+    def inputs(self, split):
+        assert split == "heldout"
+        return self._x
+
+
+def test_bit_sweep_segment_pairs_are_distinct_heldout_points_fixed_by_the_seed():
+    from bq_jax.studies import StudyConfig, bits_sweep
+
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)  # row i is (2i, 2i + 1)
+    x0, x1 = bits_sweep.segment_pairs(_HeldoutOnly(3, x), 500)
+    assert x0.shape == x1.shape == (500, 2)
+    i, j = (x0[:, 0] // 2).astype(int), (x1[:, 0] // 2).astype(int)
+    np.testing.assert_array_equal(x0, x[i])
+    np.testing.assert_array_equal(x1, x[j])
+    assert np.all(i != j)
+    assert set(i) == set(range(20)) and set(j) == set(range(20))  # every point gets drawn
+    again = bits_sweep.segment_pairs(_HeldoutOnly(3, x), 500)
+    np.testing.assert_array_equal(again[0], x0)
+    np.testing.assert_array_equal(again[1], x1)
+    other = bits_sweep.segment_pairs(_HeldoutOnly(4, x), 500)
+    assert not np.array_equal(other[0], x0)
+    # two held-out points: every pair is the two of them
+    y0, y1 = bits_sweep.segment_pairs(_HeldoutOnly(0, x[:2]), 10)
+    np.testing.assert_array_equal(y0 + y1, np.broadcast_to(x[0] + x[1], (10, 2)))
+    assert StudyConfig(dataset="digits").segment_pairs == 100
+    with pytest.raises(ValueError, match="segment_pairs must be an int in"):
+        StudyConfig(dataset="digits", segment_pairs=0)
