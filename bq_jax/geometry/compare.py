@@ -307,8 +307,12 @@ def compare(
             )
     mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
     num_classes = zf.shape[-1]
-    frag_f = regions.fragmentation(labels_f, num_classes=num_classes)
-    frag_q = regions.fragmentation(labels_q, num_classes=num_classes)
+    # one call for both models' maps: one compiled labelling per map shape
+    frag = regions.fragmentation(
+        jnp.concatenate([jnp.expand_dims(labels_f, 0), labels_q]), num_classes=num_classes
+    )
+    frag_f = jax.tree.map(lambda a: a[0], frag)
+    frag_q = jax.tree.map(lambda a: a[1:], frag)
 
     a, _ = M.top2(zf)
     mf = M.margin(zf, a)

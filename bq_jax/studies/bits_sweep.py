@@ -271,6 +271,7 @@ SHAPE_COLUMNS = (
     "region_count",
     "float_region_count",
     "excess_fragments",
+    "float_excess_fragments",
     "label_changes",
     "float_label_changes",
     "class_skips",
