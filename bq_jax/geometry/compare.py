@@ -307,12 +307,14 @@ def compare(
             )
     mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
     num_classes = zf.shape[-1]
-    # one call for both models' maps: one compiled labelling per map shape
-    frag = regions.fragmentation(
-        jnp.concatenate([jnp.expand_dims(labels_f, 0), labels_q]), num_classes=num_classes
-    )
-    frag_f = jax.tree.map(lambda a: a[0], frag)
-    frag_q = jax.tree.map(lambda a: a[1:], frag)
+    # one map per call: the labelling compiles once per resolution, whatever the number of
+    # variants (the studies call compare with different V)
+    frags = [
+        regions.fragmentation(m, num_classes=num_classes)
+        for m in [labels_f, *jnp.asarray(labels_q)]
+    ]
+    frag_f = frags[0]
+    frag_q = jax.tree.map(lambda *a: jnp.stack(a), *frags[1:])
 
     a, _ = M.top2(zf)
     mf = M.margin(zf, a)
