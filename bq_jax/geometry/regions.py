@@ -19,10 +19,16 @@ Two views of how a decision region is shaped, beside the boundary metrics of
   - ``classes_visited = #{distinct y_s}``;
   - ``class_skips = label_changes - [y_0 != y_{S-1}]``: the label changes beyond the one a
     direct path from ``label(x0)`` to ``label(x1)`` needs (none when both ends share a label).
-    It is >= 0, and 0 exactly when the segment crosses at most one boundary.
+    It is >= 0, and 0 exactly when the sampled labels change at most once.
 
   Sampling at S points sees only changes between samples: a region thinner than the spacing
   ``|x1 - x0| / (S - 1)`` can be missed, so always report ``S`` with the counts.
+
+Sources: counting connected decision regions on a 2-D plane of input space follows the
+decision-region ("fragmentation") plots of decision-boundary reproducibility studies (Somepalli
+et al., "Can Neural Nets Learn the Same Model Twice?", CVPR 2022); the exact definitions above
+(8-connectivity on the slice grid, excess fragments, class skips along sampled segments) are
+this project's.
 
 Float vs quantized: :func:`~bq_jax.geometry.compare` adds the fragmentation of both maps on its
 slice and, given pairs of inputs, the class skips of both models
