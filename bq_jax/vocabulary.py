@@ -104,8 +104,40 @@ METRICS: dict[str, Term] = {
     "float_triple_junction_count": Term(
         "2x2 cells of the float slice map carrying >= 3 distinct labels", ".1f"
     ),
+    "region_count": Term(
+        "8-connected regions (maximal same-label point sets, diagonal contact connects) of the "
+        "quantized slice map, all classes",
+        ".1f",
+    ),
+    "float_region_count": Term("region_count of the float slice map", ".1f"),
+    "excess_fragments": Term(
+        "region_count - classes present on the quantized slice map (0: one region per class)",
+        ".1f",
+    ),
+    "float_excess_fragments": Term("excess_fragments of the float slice map", ".1f"),
     "resolution": Term("side R of the R x R slice grid", "d"),
     "tolerance": Term("boundary-mask dilation (cells) of the Jaccard distance", "d"),
+    # -- class skips along segments between held-out pairs ----------------------------------
+    "label_changes": Term(
+        "mean over segment pairs of #{s : y_{s+1} != y_s}, the quantized labels at S points of "
+        "(1 - t) x0 + t x1",
+        ".3f",
+    ),
+    "float_label_changes": Term("label_changes of the float model", ".3f"),
+    "class_skips": Term(
+        "mean over segment pairs of label_changes - [y_0 != y_{S-1}] (changes beyond a direct "
+        "path's), quantized",
+        ".3f",
+    ),
+    "float_class_skips": Term("class_skips of the float model", ".3f"),
+    "label_change_delta": Term(
+        "mean over segment pairs of quantized minus float label changes", ".3f"
+    ),
+    "label_changes_differ": Term(
+        "fraction of segment pairs whose quantized label-change count differs from the float one"
+    ),
+    "segment_pairs": Term("pairs of held-out inputs whose segments are measured", "d"),
+    "segment_points": Term("points S per segment, both ends included", "d"),
     # -- local geometry ----------------------------------------------------------------------
     "median_local_shift": Term(
         "median over band points of |r_Q - r_F|, r = m / ||grad_x m|| (input units)"
@@ -283,6 +315,8 @@ HYPERPARAMETERS: dict[str, str] = {
     "num_slices": "planes per split: the PCA plane plus num_slices - 1 random planes through "
     "the mean",
     "confidence_level": "confidence level of the intervals (Wilson over examples, t over planes)",
+    "segment_pairs": "pairs of held-out inputs whose segments the bit sweep counts label "
+    "changes along (class skips)",
 }
 
 

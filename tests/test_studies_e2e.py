@@ -16,7 +16,7 @@ from bq_jax.studies import PAPER_STUDIES, bits_sweep, interpolation, registry, s
 
 # Row keys every results.json row must carry, derived from the study modules.
 ROW_KEYS = {
-    "bits_sweep": {"bits", "accuracy", *bits_sweep.METRICS},
+    "bits_sweep": {"bits", "accuracy", *bits_sweep.METRICS, *bits_sweep.SHAPE_METRICS},
     "interpolation": {"from_bits", "to_bits", *interpolation.COLUMNS},
     "rounding": {"bits", "method", "accuracy", "boundary_jaccard_distance", "pair_order_flip"},
 }
@@ -103,6 +103,17 @@ GOLDEN_QUICK = {
     "rule_bits": {"accuracy_rule": 4, "boundary_rule": 5},
     "pearson_r": 0.7830087989804311,
 }
+# Region-shape keys of the same run, recorded when they were added (the keys above did not move):
+# region counts are integers; label_changes and label_changes_differ are float32 means over the
+# 100 segment pairs, so one pair more or less moves them by 0.01.
+GOLDEN_QUICK_SHAPE = {
+    "region_count": [7, 7, 7, 7, 6, 6, 6],
+    "float_region_count": [7] * 7,
+    "excess_fragments": [0, 0, 0, 0, 0, 0, 1],
+    "float_label_changes": [1.14] * 7,
+    "label_changes": [1.14, 1.14, 1.15, 1.13, 1.16, 1.14, 1.29],
+    "label_changes_differ": [0.0, 0.0, 0.01, 0.01, 0.05, 0.09, 0.25],
+}
 
 
 def test_quick_run_matches_golden_values(quick_run):
@@ -114,6 +125,8 @@ def test_quick_run_matches_golden_values(quick_run):
     for key in ("accuracy", "flip_rate", "boundary_jaccard_distance", "triple_junction_count"):
         tol = 1e-12 if key == "accuracy" else 1e-6
         assert [r[key] for r in rows] == pytest.approx(g[key], abs=tol), key
+    for key, values in GOLDEN_QUICK_SHAPE.items():
+        assert [r[key] for r in rows] == pytest.approx(values, abs=1e-6), key
     for rule, bits in g["rule_bits"].items():
         assert results["stopping"][rule]["bits"] == bits
     assert results["correlation"]["pearson_r"] == pytest.approx(g["pearson_r"], abs=1e-6)

@@ -20,6 +20,10 @@ it imports only the layers below every sub-package (``bq_jax._src``, ``bq_jax.vo
 * :mod:`~bq_jax.geometry.compare`: :func:`compare` (all metrics per variant, one call;
   ``variant_apply_fn=`` for variants that are another model), :func:`compare_models` (a
   float model against models that may each be a different implementation).
+* :mod:`~bq_jax.geometry.regions`: :func:`fragmentation`, :func:`region_counts`,
+  :func:`connected_components` (8-connected regions of label maps), :func:`class_skips`,
+  :func:`segment_points`, :func:`segment_labels`, :func:`segment_class_skips` (label changes
+  along segments between inputs).
 * :mod:`~bq_jax.geometry.surrogates`: :func:`soft_boundary_mask`, :func:`soft_jaccard`,
   :func:`boundary_gap_penalty`.
 
@@ -29,7 +33,13 @@ evaluation shared by sweeps, :func:`compare` and the local geometry) and
 """
 
 from bq_jax.geometry.adaptive import AdaptiveLabels, adaptive_labels
-from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_models, compare_records
+from bq_jax.geometry.compare import (
+    COMPARE_KEYS,
+    SEGMENT_KEYS,
+    compare,
+    compare_models,
+    compare_records,
+)
 from bq_jax.geometry.local import (
     GRAD_TOL,
     MarginRadius,
@@ -56,6 +66,18 @@ from bq_jax.geometry.metrics import (
     triple_junction_count,
     triple_junctions,
 )
+from bq_jax.geometry.regions import (
+    DEFAULT_SEGMENT_POINTS,
+    ClassSkips,
+    Fragmentation,
+    class_skips,
+    connected_components,
+    fragmentation,
+    region_counts,
+    segment_class_skips,
+    segment_labels,
+    segment_points,
+)
 from bq_jax.geometry.slices import Slice, pca_slice, points_slice, random_slice, stack_slices
 from bq_jax.geometry.surrogates import boundary_gap_penalty, huber, soft_boundary_mask, soft_jaccard
 from bq_jax.geometry.sweep import (
@@ -70,8 +92,12 @@ from bq_jax.geometry.sweep import (
 __all__ = [
     "AdaptiveLabels",
     "COMPARE_KEYS",
+    "ClassSkips",
+    "DEFAULT_SEGMENT_POINTS",
+    "Fragmentation",
     "GRAD_TOL",
     "MarginRadius",
+    "SEGMENT_KEYS",
     "Slice",
     "adaptive_labels",
     "band_flip_rate",
@@ -82,13 +108,16 @@ __all__ = [
     "boundary_jaccard",
     "boundary_jaccard_distance",
     "boundary_mask",
+    "class_skips",
     "compare",
     "compare_models",
     "compare_records",
+    "connected_components",
     "default_chunk_size",
     "device_mesh",
     "evaluate_logits",
     "flip_rate",
+    "fragmentation",
     "grid_change",
     "huber",
     "margin",
@@ -103,6 +132,10 @@ __all__ = [
     "pca_slice",
     "points_slice",
     "random_slice",
+    "region_counts",
+    "segment_class_skips",
+    "segment_labels",
+    "segment_points",
     "soft_boundary_mask",
     "soft_jaccard",
     "stack_slices",

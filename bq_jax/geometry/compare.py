@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bq_jax.geometry import metrics as M
+from bq_jax.geometry import regions
 from bq_jax.geometry.adaptive import adaptive_labels
 from bq_jax.geometry.engine import (
     check_chunk,
@@ -22,7 +23,14 @@ from bq_jax.geometry.local import GRAD_TOL, margin_radius
 from bq_jax.geometry.slices import Slice
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
-__all__ = ["COMPARE_KEYS", "SLICE_LABELS", "compare", "compare_models", "compare_records"]
+__all__ = [
+    "COMPARE_KEYS",
+    "SEGMENT_KEYS",
+    "SLICE_LABELS",
+    "compare",
+    "compare_models",
+    "compare_records",
+]
 
 #: Accepted values of :func:`compare`'s ``slice_labels``.
 SLICE_LABELS = ("dense", "adaptive", "adaptive-certified")
@@ -34,6 +42,10 @@ COMPARE_KEYS = (
     "grid_change",
     "triple_junction_count",
     "float_triple_junction_count",
+    "region_count",
+    "float_region_count",
+    "excess_fragments",
+    "float_excess_fragments",
     "band_flip_rate",
     "pair_order_flip",
     "median_local_shift",
@@ -48,6 +60,18 @@ COMPARE_KEYS = (
     "heldout_size",
     "resolution",
     "tolerance",
+)
+
+#: Keys :func:`compare` adds when given ``segment_pairs`` (class skips along segments).
+SEGMENT_KEYS = (
+    "label_changes",
+    "float_label_changes",
+    "class_skips",
+    "float_class_skips",
+    "label_change_delta",
+    "label_changes_differ",
+    "segment_pairs",
+    "segment_points",
 )
 
 
@@ -107,6 +131,8 @@ def compare(
     mesh=None,
     slice_labels: str = "dense",
     variant_apply_fn: Callable | None = None,
+    segment_pairs=None,
+    segment_points: int = regions.DEFAULT_SEGMENT_POINTS,
 ) -> dict[str, np.ndarray]:
     """All decision-geometry metrics of V parameter variants against the float model.
 
@@ -133,6 +159,11 @@ def compare(
     * ``grid_change``: fraction of grid points whose label changed.
     * ``triple_junction_count`` / ``float_triple_junction_count``: triple-junction cell counts
       of the variant's / the float model's map (int).
+    * ``region_count`` / ``float_region_count``: 8-connected regions of the variant's / the
+      float model's map, all classes (int; :func:`~bq_jax.geometry.fragmentation`, K the
+      number of logits).
+    * ``excess_fragments`` / ``float_excess_fragments``: regions beyond one per class present
+      on the variant's / the float model's map (int).
     * ``band_flip_rate``: flip rate on the band.
     * ``pair_order_flip``: band fraction where ``sign(z_a - z_b)`` changed.
     * ``median_local_shift``: ``median |r_Q - r_F|`` over the band.
@@ -144,6 +175,13 @@ def compare(
     * ``band_size`` (int), ``band_tau``, ``heldout_size`` (int), ``resolution`` (int),
       ``tolerance`` (int): the settings behind the numbers.
     * with ``return_maps``: ``labels`` int32[V, R, R] and ``labels_float`` int32[R, R].
+    * with ``segment_pairs`` (:data:`SEGMENT_KEYS`; :func:`~bq_jax.geometry.class_skips` of the
+      labels at ``segment_points`` points of each segment ``[x0[p], x1[p]]``, means over the P
+      pairs): ``label_changes`` / ``float_label_changes`` (mean label changes along a segment,
+      variant / float), ``class_skips`` / ``float_class_skips`` (mean changes beyond a direct
+      path's), ``label_change_delta`` (mean of the variant's minus the float model's label
+      changes, per pair), ``label_changes_differ`` (fraction of pairs whose label-change count
+      differs from the float model's), ``segment_pairs`` (P) and ``segment_points`` (S).
 
     Args:
         apply_fn: ``apply_fn(params, x) -> logits`` (pass the same object each call: the
@@ -174,6 +212,10 @@ def compare(
             float model's K classes, and the local metrics need it differentiable in ``x``
             (``jax.grad``; band points where its margin gradient is zero are counted in
             ``zero_gradient_count``, never divided by).
+        segment_pairs: None, or ``(x0, x1)``, two input batches ``[P, *input_shape]``: the ends
+            of P segments along which the class skips are measured (evaluated separately from
+            the held-out inputs, so the other keys do not depend on them).
+        segment_points: S >= 2 points per segment, both ends included.
 
     Returns:
         dict of numpy arrays (see above); :func:`compare_records` turns it into JSON rows.
@@ -199,6 +241,15 @@ def compare(
         [0.0, 0.18]
         >>> res["triple_junction_count"].tolist(), res["band_size"].tolist()
         ([1, 1], [19, 19])
+        >>> res["region_count"].tolist(), res["excess_fragments"].tolist()
+        ([3, 3], [0, 0])
+        >>> res = compare(apply_fn, {"w": w}, variants, pca_slice(x, resolution=32),
+        ...               x[:200], x[200:], segment_pairs=(x[:50], x[50:100]))
+        >>> for key in ("label_changes", "class_skips", "label_changes_differ"):
+        ...     print(key, [round(float(d), 2) for d in res[key]])
+        label_changes [0.64, 0.78]
+        class_skips [0.14, 0.16]
+        label_changes_differ [0.0, 0.3]
     """
     if not isinstance(slc, Slice) or slc.stacked:
         raise TypeError("compare needs a single Slice (not a stack or list of slices)")
@@ -227,6 +278,19 @@ def compare(
             )
     if slice_labels not in SLICE_LABELS:
         raise ValueError(f"slice_labels must be one of {SLICE_LABELS}, got {slice_labels!r}")
+    if segment_pairs is not None:
+        if not isinstance(segment_pairs, (tuple, list)) or len(segment_pairs) != 2:
+            raise TypeError(
+                "segment_pairs must be None or a pair (x0, x1) of input batches [P, *input_shape]"
+            )
+        seg = regions.segment_points(*segment_pairs, num_points=segment_points)
+        if seg.shape[2:] != slc.input_shape:
+            raise ValueError(
+                f"segment_pairs must hold inputs [P, *{slc.input_shape}] like the slice's inputs, "
+                f"got [P, *{seg.shape[2:]}]"
+            )
+        n_pairs = seg.shape[0]
+        seg = seg.reshape((-1,) + seg.shape[2:])
 
     def sweep(fn, stack, names):
         if slice_labels == "dense":
@@ -245,6 +309,9 @@ def compare(
         labels_f, labels_q = labels[0], labels[1:]
         z = run_eval(apply_fn, both, points, chunk_size, variant_batching, True, names, mesh)
         zf, zq, zc = z[0, :n_h], z[1:, :n_h], z[0, n_h:]
+        if segment_pairs is not None:
+            zs = run_eval(apply_fn, both, seg, chunk_size, variant_batching, True, names, mesh)
+            seg_f, seg_q = zs[0], zs[1:]
     else:
         labels_f = sweep(apply_fn, stack_f, _float_name)[0]
         labels_q = sweep(apply_q, params_variants, None)
@@ -260,7 +327,23 @@ def compare(
                 f"the variants' logits have {zq.shape[-1]} classes, the float model's "
                 f"{zf.shape[-1]}: variant_apply_fn must classify into the same classes"
             )
+        if segment_pairs is not None:
+            seg_f = run_eval(
+                apply_fn, stack_f, seg, chunk_size, variant_batching, True, _float_name, mesh
+            )[0]
+            seg_q = run_eval(
+                apply_q, params_variants, seg, chunk_size, variant_batching, True, None, mesh
+            )
     mask_f, mask_q = M.boundary_mask(labels_f), M.boundary_mask(labels_q)
+    num_classes = zf.shape[-1]
+    # one map per call: the labelling compiles once per resolution, whatever the number of
+    # variants (the studies call compare with different V)
+    frags = [
+        regions.fragmentation(m, num_classes=num_classes)
+        for m in [labels_f, *jnp.asarray(labels_q)]
+    ]
+    frag_f = frags[0]
+    frag_q = jax.tree.map(lambda *a: jnp.stack(a), *frags[1:])
 
     a, _ = M.top2(zf)
     mf = M.margin(zf, a)
@@ -297,6 +380,10 @@ def compare(
         "grid_change": M.grid_change(labels_f, labels_q),
         "triple_junction_count": M.triple_junction_count(labels_q),
         "float_triple_junction_count": rep(M.triple_junction_count(labels_f), np.int64),
+        "region_count": frag_q.region_count,
+        "float_region_count": rep(frag_f.region_count, np.int64),
+        "excess_fragments": frag_q.excess_fragments,
+        "float_excess_fragments": rep(frag_f.excess_fragments, np.int64),
         "band_flip_rate": M.band_flip_rate(zf, zq, band),
         "pair_order_flip": M.pair_order_flip(zf, zq, band),
         "median_local_shift": M.masked_median(jnp.abs(delta), valid),
@@ -314,7 +401,31 @@ def compare(
         "resolution": rep(slc.resolution, np.int64),
         "tolerance": rep(tolerance, np.int64),
     }
-    ints = {"triple_junction_count", "zero_gradient_count"}
+    ints = {"triple_junction_count", "zero_gradient_count", "region_count", "excess_fragments"}
+    if segment_pairs is not None:
+        skips_f = regions.class_skips(jnp.argmax(seg_f, axis=-1).reshape(n_pairs, segment_points))
+        skips_q = regions.class_skips(
+            jnp.argmax(seg_q, axis=-1).reshape(v, n_pairs, segment_points)
+        )
+        changes_f, changes_q = skips_f.label_changes, skips_q.label_changes
+        out.update(
+            {
+                "label_changes": jnp.mean(changes_q, axis=-1, dtype=jnp.float32),
+                "float_label_changes": rep(jnp.mean(changes_f, dtype=jnp.float32), np.float32),
+                "class_skips": jnp.mean(skips_q.class_skips, axis=-1, dtype=jnp.float32),
+                "float_class_skips": rep(
+                    jnp.mean(skips_f.class_skips, dtype=jnp.float32), np.float32
+                ),
+                "label_change_delta": jnp.mean(
+                    changes_q - jnp.expand_dims(changes_f, 0), axis=-1, dtype=jnp.float32
+                ),
+                "label_changes_differ": jnp.mean(
+                    changes_q != jnp.expand_dims(changes_f, 0), axis=-1, dtype=jnp.float32
+                ),
+                "segment_pairs": rep(n_pairs, np.int64),
+                "segment_points": rep(segment_points, np.int64),
+            }
+        )
     out = {k: np.asarray(x, np.int64 if k in ints else None).reshape(v) for k, x in out.items()}
     if return_maps:
         out["labels"] = np.asarray(labels_q)

@@ -11,26 +11,45 @@ round to nearest (:func:`bq_jax.studies.context.weight_config`), and
 training inputs at ``resolution``, on the held-out inputs, and on the low-margin band (held-out
 points with float |margin| below the ``band_quantile`` quantile of calibration margins).
 
+Shape of the decision regions (:mod:`bq_jax.geometry.regions`), float vs quantized: the
+fragmentation of both slice maps (8-connected regions; regions beyond one per class present) and
+the label changes along ``segment_pairs`` segments between held-out inputs (the same pairs for
+every width, drawn with a key from the training seed; ``DEFAULT_SEGMENT_POINTS`` points each),
+with the class skips (changes beyond a direct path's) and the fraction of pairs whose count of
+label changes differs from the float model's.
+
 results.json block: ``rows``, one per width (widest first) with ``bits``, ``accuracy``,
-``accuracy_drop`` and :data:`METRICS` (names as in :mod:`bq_jax.vocabulary`), plus ``band_size``,
-``zero_gradient_count`` and ``margin_radius_median``; a local metric is None when no band point
-has a usable gradient. ``float_triple_junction_count``: junction cells of the float map.
+``accuracy_drop``, :data:`METRICS` and :data:`SHAPE_METRICS` (names as in
+:mod:`bq_jax.vocabulary`), plus ``band_size``, ``zero_gradient_count`` and
+``margin_radius_median``; a local metric is None when no band point has a usable gradient.
+``float_triple_junction_count``: junction cells of the float map; ``segment_pairs`` and
+``segment_points``: the segments behind the class skips.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from bq_jax import geometry
 from bq_jax.ptq import stack_params
 from bq_jax.report import plot_boundary_maps, plot_metric_vs_bits
 from bq_jax.stats import mean_rows, mean_std
-from bq_jax.studies.config import StudyConfig
+from bq_jax.studies.config import StudyConfig, StudyError
 from bq_jax.studies.paper import PAPER
 from bq_jax.studies.protocol import Finding
 from bq_jax.studies.reporting import compare_sentence, mean_std_cell, table
 
-__all__ = ["compute", "aggregate", "findings", "figures", "report_section", "METRICS"]
+__all__ = [
+    "compute",
+    "aggregate",
+    "findings",
+    "figures",
+    "report_section",
+    "METRICS",
+    "SHAPE_METRICS",
+    "segment_pairs",
+]
 
 NAME = "bits_sweep"
 TITLE = "PTQ-W bit sweep"
@@ -49,8 +68,44 @@ METRICS = (
     "normal_variation",
 )
 
+#: Per-width decision-region shape metrics of a row (float vs quantized), see the module
+#: docstring.
+SHAPE_METRICS = (
+    "region_count",
+    "float_region_count",
+    "excess_fragments",
+    "float_excess_fragments",
+    "label_changes",
+    "float_label_changes",
+    "class_skips",
+    "float_class_skips",
+    "label_change_delta",
+    "label_changes_differ",
+)
 
-def _compare(ctx, variants):
+# Tag folded into the training seed's key to draw the segment pairs.
+_PAIR_TAG = 0x5E6
+
+
+def segment_pairs(ctx, count: int):
+    """``(x0, x1)``: ``count`` pairs of distinct held-out inputs, drawn with a key from the seed.
+
+    Pair ``p`` is ``(x[i_p], x[j_p])`` with ``i_p`` uniform over the N held-out inputs and
+    ``j_p = (i_p + 1 + u_p) mod N``, ``u_p`` uniform over ``0 .. N - 2`` (so ``j_p != i_p``);
+    pairs are drawn independently (a pair may repeat). The key is
+    ``fold_in(key(seed), 0x5E6)``: the same seed gives the same pairs at every width.
+    """
+    x = np.asarray(ctx.inputs("heldout"))
+    n = x.shape[0]
+    if n < 2:
+        raise StudyError(f"the class-skip segments need >= 2 held-out inputs, got {n}")
+    k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), _PAIR_TAG))
+    i = np.asarray(jax.random.randint(k1, (count,), 0, n))
+    j = (i + 1 + np.asarray(jax.random.randint(k2, (count,), 0, n - 1))) % n
+    return x[i], x[j]
+
+
+def _compare(ctx, variants, pairs=None):
     return geometry.compare(
         ctx.apply_fn,
         ctx.float_params,
@@ -60,16 +115,19 @@ def _compare(ctx, variants):
         ctx.inputs("calibration"),
         band_quantile=ctx.config.band_quantile,
         return_maps=True,
+        segment_pairs=pairs,
     )
 
 
-def metric_rows(ctx, variants, keys) -> list[dict]:
+def metric_rows(ctx, variants, keys, *, pairs=None) -> list[dict]:
     """Rows of accuracy and :data:`METRICS` for quantized ``variants`` (memoised by ``keys``).
 
     A metric that is undefined for a variant (e.g. ``median_local_shift`` when every band
     point has a zero margin gradient) is ``None``; ``zero_gradient`` counts those points.
+    With ``pairs`` (``(x0, x1)``, see :func:`segment_pairs`) the rows also carry
+    :data:`SHAPE_METRICS`.
     """
-    result = _compare(ctx, variants)
+    result = _compare(ctx, variants, pairs)
     ctx.remember_labels("train", "float", result["labels_float"])
     for key, labels in zip(keys, result["labels"], strict=True):
         ctx.remember_labels("train", key, labels)
@@ -79,6 +137,8 @@ def metric_rows(ctx, variants, keys) -> list[dict]:
         acc = ctx.accuracy(params, "heldout", key=key)
         row = {"accuracy": acc, "accuracy_drop": ctx.float_accuracy - acc}
         row.update({name: rec[name] for name in METRICS})
+        if pairs is not None:
+            row.update({name: rec[name] for name in SHAPE_METRICS})
         row.update(
             {
                 k: rec[k]
@@ -94,10 +154,9 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
     """One seed's bit sweep: ``({"rows": [...], ...}, arrays for the figures)``."""
     bits = config.bits
     variants = [ctx.ptq(b) for b in bits]
-    rows = [
-        {"bits": b, **row}
-        for b, row in zip(bits, metric_rows(ctx, variants, [("ptq", b) for b in bits]), strict=True)
-    ]
+    pairs = segment_pairs(ctx, config.segment_pairs)
+    measured = metric_rows(ctx, variants, [("ptq", b) for b in bits], pairs=pairs)
+    rows = [{"bits": b, **row} for b, row in zip(bits, measured, strict=True)]
     float_labels = ctx.float_labels("train")
     maps = np.stack(
         [ctx.labels("train", ("ptq", b), v) for b, v in zip(bits, variants, strict=True)]
@@ -106,6 +165,8 @@ def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
         "model": ctx.model_name,
         "float_accuracy": ctx.float_accuracy,
         "float_triple_junction_count": int(geometry.triple_junction_count(float_labels)),
+        "segment_pairs": config.segment_pairs,
+        "segment_points": geometry.DEFAULT_SEGMENT_POINTS,
         "rows": rows,
     }
     arrays = {
@@ -125,6 +186,8 @@ def aggregate(config, results: list[dict]) -> dict:
         "rows": mean_rows([r["rows"] for r in results], ("bits",)),
         "float_triple_junction_count": mean,
         "float_triple_junction_count_std": std,
+        "segment_pairs": config.segment_pairs,
+        "segment_points": geometry.DEFAULT_SEGMENT_POINTS,
     }
 
 
@@ -192,10 +255,29 @@ def figures(config, results: dict, first_result: dict, arrays: dict | None) -> d
         paper=paper.get("bits_sweep"),
         title=f"{config.dataset}: boundary-band and local geometry vs bits",
     )
+    if any("region_count" in r for r in results["rows"]):
+        figs["shape_vs_bits.png"] = plot_metric_vs_bits(
+            results["rows"],
+            metric=["excess_fragments", "label_changes", "class_skips", "label_changes_differ"],
+            title=f"{config.dataset}: decision-region shape vs bits",
+        )
     return figs
 
 
 COLUMNS = ("bits", "accuracy") + METRICS
+#: Columns of the region-shape table.
+SHAPE_COLUMNS = (
+    "bits",
+    "region_count",
+    "float_region_count",
+    "excess_fragments",
+    "float_excess_fragments",
+    "label_changes",
+    "float_label_changes",
+    "class_skips",
+    "label_change_delta",
+    "label_changes_differ",
+)
 
 CAPTIONS = {
     "boundary_maps.png": "Label maps on the training PCA slice: float vs PTQ-W; boundary cells of "
@@ -204,6 +286,9 @@ CAPTIONS = {
     "bits (stars: the paper's values).",
     "geometry_vs_bits.png": "Boundary-band flips, pair-order flips, median local shift, normal "
     "variation and junction count vs bits.",
+    "shape_vs_bits.png": "Excess fragments of the quantized slice map, label changes and class "
+    "skips along the held-out segments, and the fraction of segments whose label-change count "
+    "differs from the float model's, vs bits.",
 }
 
 
@@ -234,5 +319,21 @@ def report_section(sec, config, results: dict, figure_paths: dict) -> None:
                 lines.append(f"{b}-bit " + compare_sentence(m, ours[b].get(m), pv, fmt))
         sec.text("Against the paper:")
         sec.bullets(lines)
+    if any("region_count" in r for r in results["rows"]):
+        sec.text(
+            "Decision-region shape, float vs quantized. Regions: maximal 8-connected sets of "
+            "slice grid points of one class (diagonal contact connects); excess_fragments = "
+            "regions - classes present. Along "
+            f"{results['segment_pairs']} segments between pairs of held-out inputs (the same "
+            f"pairs at every width, {results['segment_points']} points each): label changes, "
+            "class skips = label changes beyond the one a direct path needs (none when both "
+            "ends share a label), the per-pair change in label changes, and the fraction of "
+            "pairs whose count differs from the float model's."
+        )
+        shape_rows = [
+            {"bits": r["bits"], **{k: mean_std_cell(r, k) for k in SHAPE_COLUMNS[1:]}}
+            for r in results["rows"]
+        ]
+        table(sec, shape_rows, list(SHAPE_COLUMNS))
     for name, path in figure_paths.items():
         sec.figure(path, CAPTIONS[name])

@@ -152,6 +152,10 @@ class StudyConfig(BaseConfig):
     rounding_iters: int = 1000
     # Weight of the boundary-gap penalty added to the AdaRound reconstruction objective.
     boundary_gap_weight: float = 1.0
+    # Pairs of held-out inputs whose segments the bit sweep counts label changes along (100: the
+    # fraction of pairs whose count changed is read in whole percent; the cost is 100 x 64 inputs
+    # per width, small next to the slice grid).
+    segment_pairs: int = 100
 
     QUICK: ClassVar[dict] = {
         "seeds": (0,),
@@ -174,6 +178,7 @@ class StudyConfig(BaseConfig):
         check_fraction("jaccard_threshold", self.jaccard_threshold)
         check_fraction("accuracy_tolerance", self.accuracy_tolerance)
         check_int("rounding_iters", self.rounding_iters, 1)
+        check_int("segment_pairs", self.segment_pairs, 1, 1_000_000)
         if not is_real(self.boundary_gap_weight):
             raise TypeError("boundary_gap_weight must be a float")
         if not self.boundary_gap_weight >= 0.0:
