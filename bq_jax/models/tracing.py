@@ -388,7 +388,12 @@ class Trace:
             if any(k in self.dep for k in keys):
                 self.dep.update(op.outs)
                 continue
-            if op.prim not in _LAYOUT or not op.ins or op.ins[0] not in self.prov:
+            if (
+                op.prim not in _LAYOUT
+                or not op.ins
+                or isinstance(op.ins[0], jcore.Literal)
+                or op.ins[0] not in self.prov
+            ):
                 continue
             leaf, axes = self.prov[op.ins[0]]
             in_shape = self.aval[op.ins[0]].shape
@@ -586,7 +591,8 @@ class Trace:
         derived = self.depends_on(site.output) - {site.output}
         for i in self.consumers.get(site.output, []):
             op = self.ops[i]
-            if op.prim in _AFFINE and any(k in derived for k in op.ins if k != site.output):
+            ins = [k for k in op.ins if not isinstance(k, jcore.Literal) and k != site.output]
+            if op.prim in _AFFINE and any(k in derived for k in ins):
                 return True
         return False
 
