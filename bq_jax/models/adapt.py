@@ -282,10 +282,7 @@ def _build_equinox(module, variables, options):
 
 
 def _is_function(m) -> bool:
-    import functools
-    import types
-
-    return isinstance(m, types.FunctionType | functools.partial)
+    return callable(m) and not isinstance(m, type)
 
 
 def _build_function(fn, variables, options):
@@ -302,7 +299,7 @@ ADAPTERS: list[Adapter] = [
     Adapter("linen", "flax.linen.Module + variables", _is_linen, _build_linen),
     Adapter("nnx", "flax.nnx.Module", _is_nnx, _build_nnx),
     Adapter("equinox", "equinox.Module (one example per call)", _is_equinox, _build_equinox),
-    Adapter("function", "a function apply_fn(params, x) + params", _is_function, _build_function),
+    Adapter("function", "a callable apply_fn(params, x) + params", _is_function, _build_function),
 ]
 
 

@@ -361,13 +361,14 @@ def quantize_weights(
       >>> rows[0]["path"], rows[0]["bits"]
       ('params/layers_0/kernel', 4)
 
-      An equinox-style ``(out, in)`` kernel gets one scale per output row from its layout:
+      An equinox-style ``(out, in)`` kernel gets one scale per output row from its layout
+      (3 bits: scales 2/3 and 1/6, so row 1 keeps its resolution):
 
       >>> params = {"params": {"fc": {"weight": jnp.array([[1.0, -2.0], [0.5, 0.25]])}}}
       >>> cfg = quant.QuantConfig(bits=3, granularity="per_channel")
       >>> quantize_weights(params, cfg, layouts={"params/fc/weight": 0})["params"]["fc"]["weight"]
-      Array([[ 1.        , -2.        ],
-             [ 0.5       ,  0.25000003]], dtype=float32)
+      Array([[ 1.3333334 , -2.        ],
+             [ 0.5       ,  0.33333334]], dtype=float32)
     """
     plan = resolve_rules(
         params,
