@@ -495,7 +495,7 @@ def adaround(
     and the kernel is checked to lie on its grid.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits`` of a linen model (un-jitted).
+      apply_fn: ``apply_fn(params, x) -> logits`` (any model; ``bq_jax.models.adapt``).
       params: float variables dict.
       calibration_x: calibration inputs (never held-out data); whole set kept in memory.
       config: :class:`AdaRoundConfig`.
@@ -911,7 +911,7 @@ def optimize_rounding(
                                      objective=margin_objective)
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits`` (un-jitted linen model).
+      apply_fn: ``apply_fn(params, x) -> logits`` (any model; ``bq_jax.models.adapt``).
       params: float variables dict.
       calibration_x: calibration inputs (never held-out data).
       config: :class:`RoundingConfig`.
