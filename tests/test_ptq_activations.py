@@ -1,4 +1,4 @@
-"""Activation quantization through intercept_methods: calibration, W8A8, purity."""
+"""Activation quantization at the layers found in the jaxpr: calibration, W8A8, purity."""
 
 import flax.linen as nn
 import jax

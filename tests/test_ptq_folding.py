@@ -129,7 +129,7 @@ def test_fold_errors():
     apply = lambda p, x: m.apply(p, x, mutable=["batch_stats"])[0]
     with pytest.raises(ValueError, match="training mode"):
         ptq.fold_batch_norm(apply, v, x)
-    with pytest.raises(ValueError, match="un-jitted"):
+    with pytest.raises(ValueError, match="no weight layer"):
         ptq.fold_batch_norm(lambda p, x: x, v, x)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bq_jax import data, geometry, ptq
+from bq_jax import data, ptq
 from bq_jax.geometry import COMPARE_KEYS, compare, compare_models, pca_slice
 from bq_jax.models import qwix_interop
 from bq_jax.models.qwix_interop import from_qwix
@@ -195,3 +195,24 @@ def test_activation_quantization_local_geometry_ptq_exact_derivative_qat_straigh
     # and the dynamic activation scale, QAT's custom VJP passes straight through
     np.testing.assert_array_equal(out["ptq"]["flip_rate"], out["qat"]["flip_rate"])
     assert out["ptq"]["margin_radius_median"][0] != out["qat"]["margin_radius_median"][0]
+
+
+@pytest.mark.parametrize("provider", ("ptq", "qat"))
+def test_adapt_takes_a_qwix_quantized_module(digits, provider):
+    """The front door: adapt() recognises a module quantized by qwix.quantize_model and runs it
+    with the variables it was given, exactly as from_qwix's apply_fn does."""
+    from bq_jax.models import adapt
+
+    x_train, xh, _, _ = digits
+    variables = init_vars(x_train)
+    rule = qwix.QuantizationRule(weight_qtype=jnp.int8)
+    qm = from_qwix(MLP(), variables, rules=[rule], provider=provider, sample_x=xh[:4])
+    make = qwix.PtqProvider if provider == "ptq" else qwix.QtProvider
+    quantized_module = qwix.quantize_model(MLP(), make([rule]))
+    adapted = adapt(quantized_module, qm.params)
+    assert adapted.framework == "qwix"
+    np.testing.assert_array_equal(
+        np.asarray(adapted.apply_fn(adapted.params, xh)), np.asarray(qm.apply_fn(qm.params, xh))
+    )
+    with pytest.raises(ValueError, match="'params' collection"):
+        adapt(quantized_module, {"batch_stats": {}})

@@ -9,8 +9,14 @@ Weight leaves are ``kernel`` (Dense ``(in, out)``, Conv ``HWIO``: the output cha
 last axis) and ``bias``; batch norm has ``scale``/``bias`` and ``batch_stats`` ``mean``/``var``.
 Paths follow linen's automatic names, e.g. ``params/Dense_0/kernel``,
 ``params/ResidualBlock_1/Conv_0/kernel`` (see :mod:`bq_jax.models.architectures`).
+
+Models written elsewhere (flax linen or NNX, equinox, a plain function) come in through
+:func:`adapt` (:mod:`bq_jax.models.adapt`), which also lists their weight layers and the layout
+of each kernel; :mod:`bq_jax.models.tracing` finds those layers in the jaxpr of any
+``apply_fn``.
 """
 
+from bq_jax.models.adapt import ADAPTERS, Adapted, Adapter, adapt, register_adapter
 from bq_jax.models.architectures import (
     CNN,
     MLP,
@@ -23,6 +29,9 @@ from bq_jax.models.architectures import (
 from bq_jax.models.model import MODEL_NAMES, Model, make_model, model_from_dict
 
 __all__ = [
+    "ADAPTERS",
+    "Adapted",
+    "Adapter",
     "CNN",
     "MLP",
     "MODEL_NAMES",
@@ -32,6 +41,8 @@ __all__ = [
     "ResNet",
     "ResNetConfig",
     "ResidualBlock",
+    "adapt",
     "make_model",
     "model_from_dict",
+    "register_adapter",
 ]

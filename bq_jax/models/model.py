@@ -45,8 +45,8 @@ class Model:
     * ``init(key) -> variables``: ``{"params": ...}``, plus ``{"batch_stats": ...}`` for models
       with batch norm (``resnet``).
     * ``apply_fn(variables, x) -> logits``: eval mode (batch norm uses the running statistics,
-      no dropout); pure and jit-able. It calls the linen module directly, so PTQ can see its
-      Dense/Conv/BatchNorm calls through ``nn.intercept_methods`` (do not pre-jit it there).
+      no dropout); pure and jit-able. PTQ finds its layers in its jaxpr
+      (:mod:`bq_jax.models.tracing`), jitted or not.
     * ``apply_train(variables, x, *, key=None) -> (logits, updates)``: training mode (batch
       statistics, dropout); ``updates`` is ``{"batch_stats": new_running_stats}`` for models
       with batch norm and ``{}`` otherwise, i.e. the collections to merge into ``variables``.

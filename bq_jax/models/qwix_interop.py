@@ -45,7 +45,14 @@ from typing import Any, NamedTuple
 
 import jax
 
-__all__ = ["QWIX_PROVIDERS", "QwixModel", "from_qwix", "import_qwix"]
+__all__ = [
+    "QWIX_PROVIDERS",
+    "QwixModel",
+    "build_adapted",
+    "from_qwix",
+    "import_qwix",
+    "is_qwix_model",
+]
 
 #: Accepted ``provider`` values of :func:`from_qwix`.
 QWIX_PROVIDERS = ("ptq", "qat")
@@ -91,8 +98,28 @@ class QwixModel(NamedTuple):
     quantized_activations: bool
 
 
-def _is_qwix_model(module) -> bool:
+def is_qwix_model(module) -> bool:
+    """True for a linen module returned by ``qwix.quantize_model`` (no qwix import needed)."""
     return hasattr(type(module), "_unquantized_type")
+
+
+def build_adapted(module, variables, options) -> tuple[Callable, Any]:
+    """The ``qwix`` entry of :data:`bq_jax.models.adapt.ADAPTERS`: a module already quantized
+    by qwix plus the variables it runs with (PTQ: the ``qwix.quantize_params`` output; QAT:
+    the float variables) -> ``(apply_fn, variables)``. qwix runs under the dtype promotion it
+    is written for (see :func:`from_qwix`)."""
+    if not (hasattr(variables, "keys") and "params" in variables):
+        raise ValueError(
+            "a qwix-quantized module needs its variables dict with a 'params' collection "
+            f"(PTQ: qwix.quantize_params output), got {type(variables).__name__}"
+        )
+    kwargs = dict(options.get("apply_kwargs") or {})
+
+    def apply_fn(params, x):
+        with _quiet_qwix():
+            return module.apply(params, x, **kwargs)
+
+    return apply_fn, dict(variables)
 
 
 def _provider(qwix, provider: str, rules):
@@ -166,7 +193,7 @@ def from_qwix(
             "variables must be a linen variables dict with a 'params' collection, got "
             f"{type(variables).__name__}"
         )
-    quantized = _is_qwix_model(module)
+    quantized = is_qwix_model(module)
     if quantized and rules is not None:
         raise ValueError(
             "module is already quantized by qwix (qwix.quantize_model); pass rules=None, or "

@@ -1,7 +1,9 @@
-"""Activation quantization at explicit points of any flax linen model (W8A8 and lower).
+"""Activation quantization at explicit points of any JAX model (W8A8 and lower).
 
-Quantization points are the inputs (``"input"``) and/or outputs (``"output"``) of every
-Dense/Conv call, reached with :func:`flax.linen.intercept_methods`, so no model code changes.
+Quantization points are the inputs (``"input"``: the activation operand of the layer's
+``dot_general`` / ``conv``) and/or outputs (``"output"``: bias included) of every weight layer,
+found in the jaxpr of ``apply_fn`` (:mod:`bq_jax.models.tracing`), so no model code changes and
+linen, NNX, equinox models (``bq_jax.models.adapt``) and plain functions are treated alike.
 Ranges are calibrated on calibration data with the range method of a ``QuantConfig``
 (``"minmax"``, ``"percentile"``, ``"mse"``, ...; white paper section 3.1: activation ranges
 from a calibration set) and carried explicitly: the quantized model is
@@ -22,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from bq_jax import quant
+from bq_jax.models.tracing import rewrite_layers, trace_layers
 from bq_jax.ptq.checks import check_calibration
-from bq_jax.ptq.layers import LINEAR_TYPES, intercept_layers, trace_layers
 
 __all__ = [
     "ACTIVATION_KEY",
@@ -67,22 +69,22 @@ def calibrate_activations(
     *,
     points: Sequence[str] = ("input",),
     batch_size: int | None = None,
-    layer_types: Sequence[type] = LINEAR_TYPES,
 ) -> dict:
     """Activation ranges at the quantization points, from calibration data.
 
     Runs ``apply_fn`` on ``calibration_x`` (in batches of ``batch_size``), collects the
     tensors at each point over the whole calibration set and computes
-    ``quant.compute_qparams(tensor, config)`` (range method from ``config``).
+    ``quant.compute_qparams(tensor, config)`` (range method from ``config``). The tensor of a
+    point is viewed as rows of its last axis (``a.reshape(-1, a.shape[-1])``); a layer output
+    whose channels are not last (equinox convolutions, NCHW) is moved to channels-last first.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits`` of a linen model (un-jitted).
+      apply_fn: ``apply_fn(params, x) -> logits`` (any model; ``bq_jax.models.adapt``).
       params: variables dict (usually already weight-quantized, as deployed).
       calibration_x: calibration inputs (never held-out data).
       config: activation QuantConfig (``fmt="int"``; typically per-tensor, asymmetric).
-      points: ``"input"`` and/or ``"output"`` of each Dense/Conv call.
+      points: ``"input"`` and/or ``"output"`` of each weight layer call.
       batch_size: calibration batch size (default: all at once).
-      layer_types: module classes whose calls are quantization points.
 
     Returns:
       ``{layer: {point: {"scale": array, "zero_point": array}}}``.
@@ -109,12 +111,13 @@ def calibrate_activations(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def collect(params, xb):
-        _, calls = trace_layers(apply_fn, params, xb, layer_types=layer_types, allow_repeated=True)
+        _, calls = trace_layers(apply_fn, params, xb, allow_repeated=True)
         out: dict[str, dict[str, list]] = {}
         for c in calls:
             d = out.setdefault(c.name, {p: [] for p in points})
             for p in points:
-                d[p].append(c.inputs if p == "input" else c.outputs)
+                a = c.inputs if p == "input" else jnp.moveaxis(c.outputs, c.channel_axis, -1)
+                d[p].append(a)
         return out
 
     collect = jax.jit(collect)
@@ -137,19 +140,15 @@ def calibrate_activations(
     return ranges
 
 
-def activation_quantized_apply(
-    apply_fn: Callable,
-    config,
-    *,
-    layer_types: Sequence[type] = LINEAR_TYPES,
-) -> Callable:
+def activation_quantized_apply(apply_fn: Callable, config) -> Callable:
     """``apply_q(params_with_ranges, x)``: ``apply_fn`` with fake-quantized activations.
 
     At each calibrated point, ``a -> quant.int_fake_quant(a, scale, zero_point, qmin, qmax)``
     (``qmin, qmax`` and the rounding mode from ``config``; ``"stochastic"`` is refused: there
     is no key); the ranges are read from
     ``params_with_ranges["activation_qparams"]`` (see :func:`calibrate_activations`), so the
-    function is pure. A Dense/Conv call without an entry is left in float.
+    function is pure. A layer without an entry is left in float. Only the layer's own read of
+    its input is quantized (a skip connection reading the same tensor keeps it in float).
 
     Example:
       >>> import flax.linen as nn
@@ -165,12 +164,14 @@ def activation_quantized_apply(
     _check_config(config)
     qmin, qmax = config.qrange
 
-    def fq(a, qp):
+    def fq(a, qp, axis=-1):
+        a = jnp.moveaxis(a, axis, -1)
         s = jnp.asarray(qp["scale"], a.dtype)
         z = jnp.asarray(qp["zero_point"], a.dtype)
         s = s.reshape((1,) * (a.ndim - s.ndim) + s.shape)
         z = z.reshape((1,) * (a.ndim - z.ndim) + z.shape)
-        return quant.int_fake_quant(a, s, z, qmin=qmin, qmax=qmax, rounding=config.rounding)
+        out = quant.int_fake_quant(a, s, z, qmin=qmin, qmax=qmax, rounding=config.rounding)
+        return jnp.moveaxis(out, -1, axis)
 
     def apply_q(variables, x):
         if ACTIVATION_KEY not in variables:
@@ -181,17 +182,15 @@ def activation_quantized_apply(
         ranges = variables[ACTIVATION_KEY]
         rest = {k: v for k, v in variables.items() if k != ACTIVATION_KEY}
 
-        def rewrite(name, module, next_fun, args, kwargs):
+        def inputs(name, a):
             point = ranges.get(name, {})
-            a = args[0]
-            if "input" in point:
-                a = fq(a, point["input"])
-            out = next_fun(a, *args[1:], **kwargs)
-            if "output" in point:
-                out = fq(out, point["output"])
-            return out
+            return fq(a, point["input"]) if "input" in point else a
 
-        return intercept_layers(apply_fn, rewrite, layer_types=layer_types)(rest, x)
+        def outputs(name, y, axis):
+            point = ranges.get(name, {})
+            return fq(y, point["output"], axis) if "output" in point else y
+
+        return rewrite_layers(apply_fn, inputs=inputs, outputs=outputs)(rest, x)
 
     return apply_q
 
@@ -204,7 +203,6 @@ def quantize_activations(
     *,
     points: Sequence[str] = ("input",),
     batch_size: int | None = None,
-    layer_types: Sequence[type] = LINEAR_TYPES,
 ):
     """Calibrates activation ranges and returns ``(apply_q, params_with_ranges)``.
 
@@ -231,7 +229,6 @@ def quantize_activations(
         config,
         points=points,
         batch_size=batch_size,
-        layer_types=layer_types,
     )
-    apply_q = activation_quantized_apply(apply_fn, config, layer_types=layer_types)
+    apply_q = activation_quantized_apply(apply_fn, config)
     return apply_q, {**params, ACTIVATION_KEY: ranges}

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from bq_jax.models.tracing import layer_structure, trace_layers
 from bq_jax.ptq.checks import check_calibration
-from bq_jax.ptq.layers import trace_layers
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = ["bias_correction", "layer_mean_errors"]
@@ -29,12 +29,13 @@ def _outputs_fn(apply_fn: Callable):
     return jax.jit(outputs)
 
 
-def _channel_mean(y) -> jax.Array:
+def _channel_mean(y, axis: int) -> jax.Array:
+    y = jnp.moveaxis(y, axis, -1)
     return jnp.mean(y.reshape(-1, y.shape[-1]), axis=0)
 
 
 def layer_mean_errors(apply_fn: Callable, params_float, params_quant, x) -> dict:
-    """``{layer: E[y~] - E[y]}`` per output channel of every Dense/Conv layer on ``x``.
+    """``{layer: E[y~] - E[y]}`` per output channel of every weight layer on ``x``.
 
     Example:
       >>> import flax.linen as nn
@@ -48,16 +49,17 @@ def layer_mean_errors(apply_fn: Callable, params_float, params_quant, x) -> dict
       {'layers_0': (8,), 'layers_2': (3,)}
     """
     x = check_calibration(x, "x")
+    axes = {c.name: c.channel_axis for c in layer_structure(apply_fn, params_float, x)}
     outputs = _outputs_fn(apply_fn)
     yf, yq = outputs(params_float, x), outputs(params_quant, x)
-    return {n: _channel_mean(yq[n]) - _channel_mean(yf[n]) for n in yf}
+    return {n: _channel_mean(yq[n], axes[n]) - _channel_mean(yf[n], axes[n]) for n in yf}
 
 
 def bias_correction(apply_fn: Callable, params_float, params_quant, calibration_x) -> dict:
     """Subtracts the calibration-set shift ``E[W~ x~] - E[W x]`` from each layer's bias.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits`` (un-jitted linen model).
+      apply_fn: ``apply_fn(params, x) -> logits`` (any model; ``bq_jax.models.adapt``).
       params_float: float variables dict.
       params_quant: weight-quantized variables dict with the same structure.
       calibration_x: calibration inputs (never held-out data).
@@ -81,17 +83,18 @@ def bias_correction(apply_fn: Callable, params_float, params_quant, calibration_
       True
     """
     x = check_calibration(calibration_x)
+    calls = {c.name: c for c in layer_structure(apply_fn, params_float, x)}
     outputs = _outputs_fn(apply_fn)
     yf = outputs(params_float, x)
     flat = flatten_params(params_quant)
     for name in yf:
-        bp = f"params/{name}/bias"
-        if bp not in flat:
+        bp, axis = calls[name].layer.bias_path, calls[name].channel_axis
+        if bp is None or bp not in flat:
             raise ValueError(
                 f"layer {name!r} has no bias to correct; fold batch norm first or build the "
-                "layer with use_bias=True"
+                "layer with a bias (use_bias=True)"
             )
         yq = outputs(unflatten_params(flat), x)[name]
-        delta = _channel_mean(yq) - _channel_mean(yf[name])
-        flat[bp] = flat[bp] - delta.astype(flat[bp].dtype)
+        delta = _channel_mean(yq, axis) - _channel_mean(yf[name], axis)
+        flat[bp] = flat[bp] - delta.reshape(flat[bp].shape).astype(flat[bp].dtype)
     return unflatten_params(flat)

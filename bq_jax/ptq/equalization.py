@@ -15,8 +15,9 @@ channel (symmetric quantization); a channel with a zero range keeps ``s_i = 1``.
 of more than two layers the pairs are equalized in order and the sweep is repeated until the
 scales stop changing.
 
-Kernels follow the contract: Dense ``(in, out)``, Conv ``HWIO``; output channel last,
-input channel second to last.
+The output / input channel axes of each kernel come from its layout, found in the jaxpr of
+``apply_fn`` (:mod:`bq_jax.models.tracing`): last / second to last for linen and NNX
+(``(in, out)``, HWIO), first / second for equinox (``(out, in)``, ``(O, I, H, W)``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from bq_jax.ptq.layers import layer_structure
+from bq_jax.models.tracing import layer_structure
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = [
@@ -93,15 +94,23 @@ class EqualizationResult:
     sweeps: int
 
 
-def _default_pairs(calls) -> list[tuple[str, str]]:
+def _default_pairs(calls, flat) -> list[tuple[str, str]]:
     pairs = []
     for a, b in zip(calls[:-1], calls[1:], strict=True):
-        groups_ok = getattr(b.module, "feature_group_count", 1) == 1 and (
-            getattr(a.module, "feature_group_count", 1) == 1
-        )
-        if groups_ok and a.outputs.shape[-1] == b.inputs.shape[-1]:
+        la, lb = a.layer, b.layer
+        groups_ok = la.feature_group_count == 1 and lb.feature_group_count == 1
+        if not groups_ok or lb.input_axis is None:
+            continue
+        n_out = flat[la.kernel_path].shape[la.output_axis]
+        if n_out == flat[lb.kernel_path].shape[lb.input_axis] == a.outputs.shape[a.channel_axis]:
             pairs.append((a.name, b.name))
     return pairs
+
+
+def _along(v, ndim: int, axis: int):
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
 
 
 def cross_layer_equalization(
@@ -120,12 +129,12 @@ def cross_layer_equalization(
     ``W2[..., i, :] *= s_i``. Repeated over all pairs until ``max |log s| < tol``.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits`` (un-jitted linen model).
+      apply_fn: ``apply_fn(params, x) -> logits`` (any model; ``bq_jax.models.adapt``).
       params: flax variables dict (fold batch norm first, see :func:`fold_batch_norm`).
       sample_x: a few inputs, used to find the layers and to check that the equalized model
         computes the same function.
       pairs: ``(layer_1, layer_2)`` names to equalize; default: every pair of consecutive
-        Dense/Conv calls whose channel counts match. The activation between the two must be
+        weight layers (ungrouped) whose channel counts match. The activation between the two must be
         positively homogeneous (ReLU, leaky ReLU, max/avg pooling, identity).
       max_sweeps: maximal number of sweeps over the pairs.
       tol: stop when every scale of a sweep satisfies ``|log s| < tol``.
@@ -151,39 +160,48 @@ def cross_layer_equalization(
         raise ValueError(f"max_sweeps must be >= 1, got {max_sweeps}")
     calls = layer_structure(apply_fn, params, sample_x)
     names = [c.name for c in calls]
+    layers = {c.name: c.layer for c in calls}
+    flat = flatten_params(params)
     if pairs is None:
-        pairs = _default_pairs(calls)
+        pairs = _default_pairs(calls, flat)
     pairs = [tuple(p) for p in pairs]
     if not pairs:
         raise ValueError(f"no pair of consecutive layers with matching channels among {names}")
-    flat = flatten_params(params)
     for a, b in pairs:
         for n in (a, b):
             if n not in names:
                 raise ValueError(f"layer {n!r} of pair ({a!r}, {b!r}) not found; layers: {names}")
-        wa, wb = flat[f"params/{a}/kernel"], flat[f"params/{b}/kernel"]
-        if wa.shape[-1] != wb.shape[-2]:
+        la, lb = layers[a], layers[b]
+        if lb.input_axis is None:
+            raise ValueError(f"pair ({a!r}, {b!r}): {b} has no single input-channel axis")
+        n_out = flat[la.kernel_path].shape[la.output_axis]
+        n_in = flat[lb.kernel_path].shape[lb.input_axis]
+        if n_out != n_in:
             raise ValueError(
-                f"pair ({a!r}, {b!r}): {a} has {wa.shape[-1]} output channels but {b} has "
-                f"{wb.shape[-2]} input channels"
+                f"pair ({a!r}, {b!r}): {a} has {n_out} output channels but {b} has "
+                f"{n_in} input channels"
             )
 
-    total = {p: jnp.ones(flat[f"params/{p[0]}/kernel"].shape[-1]) for p in pairs}
+    total = {}
+    for p in pairs:
+        first = layers[p[0]]
+        total[p] = jnp.ones(flat[first.kernel_path].shape[first.output_axis])
     sweeps = 0
     for sweeps in range(1, max_sweeps + 1):  # noqa: B007
         worst = 0.0
         for a, b in pairs:
-            ka, kb, ba = f"params/{a}/kernel", f"params/{b}/kernel", f"params/{a}/bias"
-            r1 = channel_ranges(flat[ka], -1)
-            r2 = channel_ranges(flat[kb], -2)
+            la, lb = layers[a], layers[b]
+            ka, kb, ba = la.kernel_path, lb.kernel_path, la.bias_path
+            r1 = channel_ranges(flat[ka], la.output_axis)
+            r2 = channel_ranges(flat[kb], lb.input_axis)
             ok = (r1 > 0) & (r2 > 0)
             s = jnp.where(ok, jnp.sqrt(r1 * r2) / jnp.where(ok, r2, 1.0), 1.0)
             w1 = flat[ka]
-            flat[ka] = w1 / s.reshape((1,) * (w1.ndim - 1) + s.shape)
-            if ba in flat:
-                flat[ba] = flat[ba] / s
+            flat[ka] = w1 / _along(s, w1.ndim, la.output_axis)
+            if ba is not None and ba in flat:
+                flat[ba] = flat[ba] / s.reshape(flat[ba].shape)
             w2 = flat[kb]
-            flat[kb] = w2 * s.reshape((1,) * (w2.ndim - 2) + s.shape + (1,))
+            flat[kb] = w2 * _along(s, w2.ndim, lb.input_axis)
             total[(a, b)] = total[(a, b)] * s
             worst = max(worst, float(jnp.max(jnp.abs(jnp.log(s)))))
         if worst < tol:

@@ -1,16 +1,23 @@
-"""Batch-norm folding: merge an eval-mode BatchNorm into the Dense/Conv layer that feeds it.
+"""Batch-norm folding: merge an eval-mode batch norm into the weight layer that feeds it.
 
 For a layer ``z = x * W + b`` followed by ``y = gamma * (z - mu) / sqrt(var + eps) + beta``
 (running statistics), the pair equals one layer with
 
     W' = W * k,    b' = (b - mu) * k + beta,    k = gamma / sqrt(var + eps)
 
-per output channel (the last axis of Dense ``(in, out)`` and Conv ``HWIO`` kernels). This is
-the white paper's batch-norm folding (Nagel et al. 2021, section 2.3.1); it is done before
-weight quantization so that the quantized kernel is the one used at inference.
+per output channel (the output axis of the kernel: last for linen / NNX ``(in, out)`` and HWIO
+kernels, first for equinox's). This is the white paper's batch-norm folding (Nagel et al. 2021,
+section 2.3.1); it is done before weight quantization so that the quantized kernel is the one
+used at inference.
 
-Pairs are found from ``apply_fn`` alone: a BatchNorm call whose input is the very array a
-Dense/Conv call returned forms a pair (see :mod:`bq_jax.ptq.layers`).
+Pairs are found from ``apply_fn`` alone, in its jaxpr (:mod:`bq_jax.models.tracing`): the
+output of a weight layer, read by nothing else, goes through a chain of elementwise
+``sub`` / ``mul`` / ``add`` / ``div`` steps whose other operands are computed from params
+leaves only, one value per channel (:class:`bq_jax.models.tracing.AffineChain`) -- how linen
+and NNX write an eval-mode ``BatchNorm``, whatever the framework. The chain is the affine map
+``z = k y + c``: ``k`` is composed step by step (so ``W' = W k`` exactly), and the new bias is
+the chain itself applied to the old bias (``b' = (b - mu) k + beta``, bit for bit the formula
+above). The leaves the chain reads (``mean``, ``var``, ``scale``, ``bias``) are removed.
 """
 
 from __future__ import annotations
@@ -18,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bq_jax.ptq.layers import LINEAR_TYPES, layer_structure
+from bq_jax.models.tracing import trace
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = ["BatchNormFold", "fold_batch_norm"]
@@ -33,10 +39,10 @@ class BatchNormFold:
     """Result of :func:`fold_batch_norm`.
 
     Attributes:
-      params: folded variables dict: folded kernels and biases; the folded BatchNorms'
-        ``params`` and ``batch_stats`` entries removed.
+      params: folded variables dict: folded kernels and biases; the folded batch norms'
+        leaves (``params`` and ``batch_stats`` entries) removed.
       apply_fn: ``apply_fn(params, x) -> logits`` for the folded params; skips the folded
-        BatchNorms (and adds the folded bias of layers built with ``use_bias=False``).
+        batch norms (and adds the folded bias of layers built without one).
       pairs: ``((layer_name, batch_norm_name), ...)`` in call order.
     """
 
@@ -45,20 +51,52 @@ class BatchNormFold:
     pairs: tuple[tuple[str, str], ...]
 
 
-def _use_running_average(module: nn.BatchNorm, kwargs: dict) -> bool | None:
-    value = kwargs.get("use_running_average", None)
-    if value is None:
-        value = module.use_running_average
-    return value
+def _module_name(paths) -> str:
+    """Common parent of leaf paths without the collection (``"BatchNorm_0"``)."""
+    parts = [p.split("/")[1:] or p.split("/") for p in paths]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    if len(common) == min(len(p) for p in parts):  # a single leaf: drop its own name
+        common = common[:-1]
+    return "/".join(common) or "/".join(parts[0])
+
+
+def _bias_path(kernel_path: str) -> str:
+    parent = kernel_path.rpartition("/")[0]
+    return f"{parent}/bias" if parent else "bias"
+
+
+def _channel_shape(ndim: int, axis: int, n: int) -> tuple[int, ...]:
+    shape = [1] * ndim
+    shape[axis] = n
+    return tuple(shape)
+
+
+def _scale(t, chain, values, dtype) -> jax.Array:
+    """``k`` of the affine chain ``z = k y + c``, composed exactly step by step."""
+    k = jnp.ones((), dtype)
+    for (idx, pos), other in zip(chain.steps, values, strict=True):
+        prim = t.ops[idx].prim
+        if prim == "mul":
+            k = k * other
+        elif prim == "div":
+            k = k / other
+        elif prim == "sub" and pos == 1:
+            k = -k
+    return k
 
 
 def fold_batch_norm(apply_fn: Callable, params, sample_x) -> BatchNormFold:
-    """Folds every (Dense|Conv -> BatchNorm) pair of a linen model into the linear layer.
+    """Folds every (weight layer -> eval-mode batch norm) pair into the weight layer.
 
     Args:
-      apply_fn: eval-mode ``apply_fn(params, x) -> logits`` (not pre-jitted).
-      params: flax variables dict with ``params`` and ``batch_stats``.
-      sample_x: a few inputs (batch) used once to find the pairs.
+      apply_fn: eval-mode ``apply_fn(params, x) -> logits`` (linen, NNX through
+        ``bq_jax.models.adapt``, or any function).
+      params: variables dict with the batch norms' ``params`` and ``batch_stats``.
+      sample_x: a few inputs (batch); only their shape is used, to find the pairs.
 
     Returns:
       :class:`BatchNormFold` with folded params, the matching apply_fn and the pairs.
@@ -66,10 +104,11 @@ def fold_batch_norm(apply_fn: Callable, params, sample_x) -> BatchNormFold:
       rounding.
 
     Raises:
-      ValueError: no pair found, a BatchNorm in training mode, or a BatchNorm over an axis
-        other than the last.
+      ValueError: no pair found, or a batch norm in training mode (normalising with the
+        statistics of its own batch).
 
     Example:
+      >>> import flax.linen as nn
       >>> bn = nn.BatchNorm(use_running_average=True)
       >>> model = nn.Sequential([nn.Dense(8), bn, nn.relu, nn.Dense(3)])
       >>> x = jax.random.normal(jax.random.key(0), (16, 4))
@@ -81,77 +120,119 @@ def fold_batch_norm(apply_fn: Callable, params, sample_x) -> BatchNormFold:
       >>> float(jnp.max(jnp.abs(diff))) < 1e-5
       True
     """
-    calls = layer_structure(apply_fn, params, sample_x, layer_types=(*LINEAR_TYPES, nn.BatchNorm))
-    pairs = []
-    for call in calls:
-        if isinstance(call.module, nn.BatchNorm):
-            if call.source is None or isinstance(calls[call.source].module, nn.BatchNorm):
-                continue
-            producer = calls[call.source]
-            if _use_running_average(call.module, call.kwargs) is not True:
-                raise ValueError(
-                    f"BatchNorm {call.name!r} runs in training mode; fold_batch_norm needs the "
-                    "eval-mode apply_fn (use_running_average=True)"
-                )
-            axis = call.module.axis
-            if axis not in (-1, len(call.inputs.shape) - 1):
-                raise ValueError(
-                    f"BatchNorm {call.name!r} normalises axis {axis}; folding needs the last "
-                    "(channel) axis"
-                )
-            pairs.append((producer, call))
-    if not pairs:
+    t = trace(apply_fn, params, sample_x)
+    sites = t.layers()
+    if not sites:
         raise ValueError(
-            "no (Dense|Conv -> BatchNorm) pair found: no BatchNorm takes a Dense/Conv output "
-            "directly"
+            "apply_fn computes no weight layer (no dot_general / conv reading a params leaf); "
+            "nothing to fold"
         )
+    found, training = [], []
+    for site in sites:
+        chain = t.affine_chain(site)
+        if chain is not None:
+            found.append((site, chain))
+        elif t.normalises_own_batch(site):
+            training.append(site.name)
+    if training:
+        raise ValueError(
+            f"the output of {training} is normalised with statistics of its own batch: a "
+            "batch norm in training mode; fold_batch_norm needs the eval-mode apply_fn "
+            "(use_running_average=True)"
+        )
+    if not found:
+        raise ValueError(
+            "no (Dense|Conv -> BatchNorm) pair found: no weight layer's output goes (read by "
+            "nothing else) through a per-channel affine map computed from params (an eval-mode "
+            "batch norm)"
+        )
+    owners: dict[str, str] = {}
+    for site, chain in found:
+        for leaf in chain.leaves:
+            if leaf in owners:
+                raise ValueError(
+                    f"{leaf!r} is read by the batch norms after {owners[leaf]!r} and "
+                    f"{site.name!r}; shared batch-norm parameters cannot be folded"
+                )
+            owners[leaf] = site.name
 
     flat = flatten_params(params)
-    needs_bias = set()
-    for layer, bn in pairs:
-        kp, bp = f"params/{layer.name}/kernel", f"params/{layer.name}/bias"
-        w = flat[kp]
-        b = flat.get(bp, jnp.zeros(w.shape[-1], w.dtype))
-        mean = flat.pop(f"batch_stats/{bn.name}/mean")
-        var = flat.pop(f"batch_stats/{bn.name}/var")
-        gamma = flat.pop(f"params/{bn.name}/scale", None)
-        beta = flat.pop(f"params/{bn.name}/bias", None)
-        if gamma is None:
-            gamma = jnp.ones_like(mean)
-        if beta is None:
-            beta = jnp.zeros_like(mean)
-        k = gamma * jax.lax.rsqrt(var + bn.module.epsilon)
-        flat[kp] = w * k.reshape((1,) * (w.ndim - 1) + k.shape)
-        flat[bp] = (b - mean) * k + beta
-        if not layer.module.use_bias:
-            needs_bias.add(layer.name)
+    removed = {}
+    created = {}
+    for site, chain in found:
+        layer = site.layer
+        values = t.affine_values(chain, params)
+        w = flat[layer.kernel_path]
+        n = site.num_channels
+        k = _scale(t, chain, values, w.dtype)
+        ndim_y = len(t.aval[site.output].shape)
+        cshape = _channel_shape(ndim_y, site.channel_axis, n)
+        k = jnp.broadcast_to(k, cshape).reshape(n)
+        if layer.bias_path is not None:
+            b = flat[layer.bias_path]
+        else:
+            b = jnp.zeros((n,), w.dtype)
+        new_b = t.apply_chain(chain, values, jnp.reshape(b, cshape).astype(w.dtype))
+        flat[layer.kernel_path] = w * k.reshape(_channel_shape(w.ndim, layer.output_axis, n))
+        if layer.bias_path is not None:
+            flat[layer.bias_path] = new_b.reshape(b.shape).astype(b.dtype)
+        else:
+            bp = _bias_path(layer.kernel_path)
+            if bp in flat:
+                raise ValueError(
+                    f"layer {layer.name!r} adds no bias but params already hold {bp!r}; cannot "
+                    "create its folded bias"
+                )
+            flat[bp] = new_b.reshape(n).astype(w.dtype)
+            created[layer.kernel_path] = bp
+        for leaf in chain.leaves:
+            v = flat.pop(leaf)
+            removed[leaf] = jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v))
     folded = unflatten_params(flat)
-    if "batch_stats" in params and "batch_stats" not in folded:
-        folded["batch_stats"] = {}
+    for collection in params:
+        if collection not in folded:
+            folded[collection] = {}
 
-    skip = frozenset(bn.name for _, bn in pairs)
-    add_bias = frozenset(needs_bias)
-    layer_types = (*LINEAR_TYPES, nn.BatchNorm)
+    folded_kernels = frozenset(site.layer.kernel_path for site, _ in found)
 
     def folded_apply_fn(variables, x):
-        def interceptor(next_fun, args, kwargs, context):
-            module = context.module
-            if context.method_name != "__call__" or not isinstance(module, layer_types):
-                return next_fun(*args, **kwargs)
-            name = "/".join(str(p) for p in module.path)
-            if name in skip:
-                return args[0]
-            out = next_fun(*args, **kwargs)
-            if name in add_bias:
-                bias = flatten_params(variables)[f"params/{name}/bias"]
-                out = out + bias.reshape((1,) * (out.ndim - 1) + bias.shape)
-            return out
-
-        with nn.intercept_methods(interceptor):
-            return apply_fn(variables, x)
+        full = flatten_params(variables)
+        biases = {k: full.pop(bp) for k, bp in created.items()}
+        for path, struct in removed.items():
+            full[path] = jnp.zeros(struct.shape, struct.dtype)
+        full = unflatten_params(full)
+        tr = trace(apply_fn, full, x)
+        hooks, keep = {}, []
+        for site in tr.layers():
+            if site.layer.kernel_path not in folded_kernels:
+                continue
+            chain = tr.affine_chain(site)
+            keep.append(site.output)
+            if site.layer.kernel_path in biases:
+                bias = biases[site.layer.kernel_path]
+                shape = _channel_shape(len(tr.aval[site.output].shape), site.channel_axis, -1)
+                hooks[site.output] = _add(bias.reshape(shape))
+            hooks[chain.output] = _skip_to(site.output)
+        return tr.run(full, x, hooks=hooks, keep=keep)[0]
 
     return BatchNormFold(
         params=folded,
         apply_fn=folded_apply_fn,
-        pairs=tuple((layer.name, bn.name) for layer, bn in pairs),
+        pairs=tuple((site.name, _module_name(chain.leaves)) for site, chain in found),
     )
+
+
+def _add(bias):
+    def hook(value, store):
+        del store
+        return value + bias.astype(value.dtype)
+
+    return hook
+
+
+def _skip_to(key):
+    def hook(value, store):
+        del value
+        return store[key]
+
+    return hook

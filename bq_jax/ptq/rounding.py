@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from bq_jax import geometry, quant
 from bq_jax._src.checks import check_choice, check_float, check_int
+from bq_jax.models.tracing import LayerProgram, trace, trace_layers
 from bq_jax.ptq.checks import check_calibration
-from bq_jax.ptq.layers import kernel_path, layer_structure, trace_layers
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 from bq_jax.ptq.weights import DEFAULT_TARGETS, resolve_rules
 from bq_jax.quant import adaround as ar
@@ -76,9 +76,17 @@ def _full_qparams(w, config) -> quant.QParams:
     return quant.broadcast_qparams(quant.compute_qparams(w, config), tuple(w.shape), config)
 
 
-def _quantizers(params, weights, targets, strict) -> dict[str, quant.QParams]:
-    """The integer grid of every kernel to round: ``QParams`` broadcast to the kernel's shape."""
-    plan = resolve_rules(params, weights, targets=targets, strict=strict)
+def _quantizers(
+    params, weights, targets, strict, layouts=None, channel_axis="output"
+) -> dict[str, quant.QParams]:
+    """The integer grid of every kernel to round: ``QParams`` broadcast to the kernel's shape.
+
+    ``layouts``: ``{kernel_path: output_axis}`` (per-channel axes resolved as in
+    ``ptq.quantize_weights``).
+    """
+    plan = resolve_rules(
+        params, weights, targets=targets, strict=strict, layouts=layouts, channel_axis=channel_axis
+    )
     if not plan:
         raise ValueError("the rules keep every kernel in float; nothing to round")
     flat = flatten_params(params)
@@ -121,10 +129,14 @@ def check_on_grid(w, q: quant.QParams, *, path: str = "kernel", atol: float = 1e
         )
 
 
-def nearest_rounding(params, weights, *, targets=DEFAULT_TARGETS, strict=False):
+def nearest_rounding(
+    params, weights, *, targets=DEFAULT_TARGETS, strict=False, layouts=None, channel_axis="output"
+):
     """Round-to-nearest on the same grids that :func:`adaround` uses (the baseline).
 
-    ``W~ = s (clip(round(W/s) + zp, qmin, qmax) - zp)``, round half to even.
+    ``W~ = s (clip(round(W/s) + zp, qmin, qmax) - zp)``, round half to even. ``layouts`` and
+    ``channel_axis`` as in ``ptq.quantize_weights`` (``adapt(...).layouts`` for kernels that
+    are not ``(in, out)``; :func:`adaround` finds them itself).
 
     Example:
       >>> import flax.linen as nn
@@ -136,7 +148,7 @@ def nearest_rounding(params, weights, *, targets=DEFAULT_TARGETS, strict=False):
       >>> bool(jnp.all(k == quant.fake_quant(variables["params"]["layers_0"]["kernel"], w4)))
       True
     """
-    qs = _quantizers(params, _freeze_rules(weights), targets, strict)
+    qs = _quantizers(params, _freeze_rules(weights), targets, strict, layouts, channel_axis)
     flat = flatten_params(params)
     for path, q in qs.items():
         flat[path] = _nearest(flat[path], q)
@@ -315,15 +327,6 @@ class AdaRoundConfig(_LearnedRounding):
         check_choice("inputs", self.inputs, ("quantized", "float"))
 
 
-def _layer_params(flat: Mapping[str, Any], name: str) -> dict:
-    prefix = f"params/{name}/"
-    return {
-        p[len(prefix) :]: v
-        for p, v in flat.items()
-        if p.startswith(prefix) and "/" not in p[len(prefix) :]
-    }
-
-
 @functools.lru_cache(maxsize=32)
 def _io_fn(apply_fn):
     def io(params, x):
@@ -333,14 +336,34 @@ def _io_fn(apply_fn):
     return jax.jit(io)
 
 
+def _check_batch_leading(name, x_in, y_t, n, site, step_trace) -> None:
+    """AdaRound samples rows of the recorded layer input / output: the batch must lead."""
+    a_in, a_out = step_trace.aval[site.operand], step_trace.aval[site.output]
+    ok = (
+        x_in.shape[0] == n
+        and y_t.shape[0] == n
+        and tuple(a_in.shape[1:]) == tuple(x_in.shape[1:])
+        and tuple(a_out.shape[1:]) == tuple(y_t.shape[1:])
+    )
+    if not ok:
+        raise ValueError(
+            f"layer {name!r}: its input {tuple(x_in.shape)} / output {tuple(y_t.shape)} on {n} "
+            f"examples do not keep the batch on the leading axis (at the step batch size they "
+            f"are {tuple(a_in.shape)} / {tuple(a_out.shape)}); layer-wise AdaRound samples "
+            "examples along that axis"
+        )
+
+
 def _sq_err(y, t):
     d = (y - t).reshape(y.shape[0], -1)
     return jnp.mean(jnp.sum(d * d, axis=1))
 
 
 @functools.lru_cache(maxsize=128)
-def _layer_runner(module, qmin: int, qmax: int, hyper: tuple, total: int):
-    """Jitted ``lax.scan`` over AdaRound steps for one layer type; cached across calls.
+def _layer_runner(
+    program: LayerProgram, kernel: str, qmin: int, qmax: int, hyper: tuple, total: int
+):
+    """Jitted ``lax.scan`` over AdaRound steps for one layer computation; cached across calls.
 
     ``hyper`` = (learning_rate, reg_weight, warm_start, beta_start, beta_end, zeta, gamma,
     batch_size). Returns ``(optimizer, run, traces)`` where ``traces`` counts compilations.
@@ -353,7 +376,7 @@ def _layer_runner(module, qmin: int, qmax: int, hyper: tuple, total: int):
     def loss_fn(v, w, scale, zp, fixed, xb, yb, step):
         q = quant.QParams(scale, zp, qmin, qmax)
         wq = _soft_kernel(w, v, q, sched)
-        y = module.apply({"params": {**fixed, "kernel": wq}}, xb)
+        y = program(xb, {**fixed, kernel: wq})
         rec = _sq_err(y, yb)
         reg, _ = _reg_term({"v": v}, step, total, sched)
         return rec + reg_weight * reg, (rec, reg)
@@ -472,7 +495,7 @@ def adaround(
     and the kernel is checked to lie on its grid.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits`` of a linen model (un-jitted).
+      apply_fn: ``apply_fn(params, x) -> logits`` (any model; ``bq_jax.models.adapt``).
       params: float variables dict.
       calibration_x: calibration inputs (never held-out data); whole set kept in memory.
       config: :class:`AdaRoundConfig`.
@@ -505,29 +528,35 @@ def adaround(
     if not isinstance(config, AdaRoundConfig):
         raise TypeError(f"config must be an AdaRoundConfig, got {type(config).__name__}")
     x = check_calibration(calibration_x)
-    qs = _quantizers(params, config.weights, config.targets, config.strict)
-    calls = layer_structure(apply_fn, params, x[:1])
-    by_path = {kernel_path(c.name): c for c in calls}
+    sites = trace(apply_fn, params, x[:1]).layers()
+    layouts = {s.layer.kernel_path: s.layer.output_axis for s in sites}
+    qs = _quantizers(params, config.weights, config.targets, config.strict, layouts)
+    by_path = {s.layer.kernel_path: s for s in sites}
     stray = [p for p in qs if p not in by_path]
     if stray:
         raise ValueError(
-            f"{stray} are not kernels of Dense/Conv layers called by apply_fn "
-            f"({[c.name for c in calls]}); AdaRound needs each quantized leaf's layer"
+            f"{stray} are not kernels of layers called by apply_fn "
+            f"({[s.name for s in sites]}); AdaRound needs each quantized leaf's layer"
         )
-    layers = [c for c in calls if kernel_path(c.name) in qs]
+    layers = [s for s in sites if s.layer.kernel_path in qs]
+    # The layer programs are traced at the step's batch size (reshapes may carry it).
+    step_x = jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]), x.dtype)
+    step_trace = trace(apply_fn, params, step_x)
     io = _io_fn(apply_fn)
     float_io = io(params, x)
     flat = flatten_params(params)
     info = {}
     for li, layer in enumerate(layers):
-        path = kernel_path(layer.name)
+        path = layer.layer.kernel_path
         q, w = qs[path], flat[path]
         if config.inputs == "quantized" and li > 0:
             x_in = io(unflatten_params(flat), x)[layer.name][0]
         else:
             x_in = float_io[layer.name][0]
         y_t = float_io[layer.name][1]
-        fixed = {k: v for k, v in _layer_params(flat, layer.name).items() if k != "kernel"}
+        program = step_trace.program(step_trace.site(path))
+        _check_batch_leading(layer.name, x_in, y_t, x.shape[0], step_trace.site(path), step_trace)
+        fixed = {p: flat[p] for p in program.leaves if p != path}
         hyper = (
             config.learning_rate,
             config.reg_weight,
@@ -538,7 +567,9 @@ def adaround(
             config.gamma,
             config.batch_size,
         )
-        opt, run, traces = _layer_runner(layer.module, q.qmin, q.qmax, hyper, config.rounding_iters)
+        opt, run, traces = _layer_runner(
+            program, path, q.qmin, q.qmax, hyper, config.rounding_iters
+        )
         traces_before = len(traces)
         w, v = _rounding_start(w, q, config.zeta, config.gamma)
         state = opt.init(v)
@@ -602,12 +633,12 @@ def layer_reconstruction_error(
         qio = io(params_quant, x)
         yq = {n: qio[n][1] for n in f}
     else:
-        calls = layer_structure(apply_fn, params_float, x[:1])
+        t = trace(apply_fn, params_float, x)
         flat = flatten_params(params_quant)
-        yq = {
-            c.name: c.module.apply({"params": _layer_params(flat, c.name)}, f[c.name][0])
-            for c in calls
-        }
+        yq = {}
+        for site in t.layers():
+            program = t.program(site)
+            yq[site.name] = program(f[site.name][0], {p: flat[p] for p in program.leaves})
     return {
         n: float(_sq_err(yq[n], f[n][1]) / jnp.maximum(_sq_err(f[n][1], 0 * f[n][1]), 1e-30))
         for n in f
@@ -880,7 +911,7 @@ def optimize_rounding(
                                      objective=margin_objective)
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits`` (un-jitted linen model).
+      apply_fn: ``apply_fn(params, x) -> logits`` (any model; ``bq_jax.models.adapt``).
       params: float variables dict.
       calibration_x: calibration inputs (never held-out data).
       config: :class:`RoundingConfig`.
@@ -916,7 +947,9 @@ def optimize_rounding(
     if not isinstance(config, RoundingConfig):
         raise TypeError(f"config must be a RoundingConfig, got {type(config).__name__}")
     x = check_calibration(calibration_x)
-    qs = _quantizers(params, config.weights, config.targets, config.strict)
+    sites = trace(apply_fn, params, x[:1]).sites
+    layouts = {s.layer.kernel_path: s.layer.output_axis for s in sites} or None
+    qs = _quantizers(params, config.weights, config.targets, config.strict, layouts)
     if objective is None:
         objective = make_rounding_objective(apply_fn, params, config)
     elif not callable(objective):

@@ -24,6 +24,20 @@ Rule semantics (documented, never silent):
 * A QuantConfig that would apply to a non-float leaf (e.g. an integer counter) raises
   ``ValueError``.
 
+Layouts (which kernel axis is the output channel): ``QuantConfig.axis`` defaults to ``-1``,
+the output channel of linen / NNX kernels (``(in, out)``, HWIO). Other frameworks store kernels
+differently (equinox ``Linear`` is ``(out, in)``), so pass ``layouts={kernel_path:
+output_axis}`` (``bq_jax.models.adapt(...).layouts``): then
+
+* the candidates default to exactly the kernels in ``layouts`` (whatever their leaf name);
+* ``channel_axis="output"`` (default): per-channel / per-group configs take each kernel's
+  output axis from ``layouts``; a config whose ``axis`` is not the default ``-1`` and names
+  another axis is refused (``ValueError``), never silently honoured or overridden;
+* ``channel_axis="config"``: the config's ``axis`` is used as given (an explicit choice, e.g.
+  per-input-channel scales).
+
+Without ``layouts`` the config's axis is used as given (the linen convention).
+
 Example rule list (first and last layer at 8 bits, the rest at 4 bits)::
 
     rules = [
@@ -34,6 +48,7 @@ Example rule list (first and last layer at 8 bits, the rest at 4 bits)::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping, Sequence
@@ -47,9 +62,11 @@ from bq_jax import quant
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 
 __all__ = [
+    "CHANNEL_AXIS_MODES",
     "DEFAULT_TARGETS",
     "quantize_weights",
     "quantize_weights_stack",
+    "resolve_axis",
     "resolve_rules",
     "stack_params",
 ]
@@ -58,6 +75,10 @@ __all__ = [
 DEFAULT_TARGETS = r"^params/(.*/)?kernel$"
 
 Rule = tuple[str, Any]
+
+# How a per-channel config's axis meets a kernel's layout: "output" (from the layout) or
+# "config" (as given).
+CHANNEL_AXIS_MODES = ("output", "config")
 
 
 def _is_config(x) -> bool:
@@ -92,12 +113,73 @@ def _normalise_rules(spec_or_rules, targets) -> list[tuple[str, re.Pattern, Any]
     return out
 
 
+def _check_layouts(layouts, channel_axis) -> dict[str, int] | None:
+    if channel_axis not in CHANNEL_AXIS_MODES:
+        raise ValueError(f"channel_axis must be one of {CHANNEL_AXIS_MODES}, got {channel_axis!r}")
+    if layouts is None:
+        return None
+    if not isinstance(layouts, Mapping) or not layouts:
+        raise TypeError(
+            "layouts must be a non-empty mapping {kernel_path: output_axis} (e.g. "
+            f"bq_jax.models.adapt(...).layouts), got {layouts!r}"
+        )
+    out = {}
+    for path, axis in layouts.items():
+        if not isinstance(path, str) or isinstance(axis, bool) or not isinstance(axis, int):
+            raise TypeError(f"layouts entries must be str -> int, got {path!r}: {axis!r}")
+        out[path] = axis
+    return out
+
+
+def _layout_targets(layouts, targets):
+    """With layouts, the default candidates are exactly the kernels they describe."""
+    if layouts is not None and targets == DEFAULT_TARGETS:
+        return "^(?:" + "|".join(re.escape(p) for p in layouts) + ")$"
+    return targets
+
+
+def resolve_axis(path: str, shape, config, layouts, channel_axis: str = "output"):
+    """``config`` with its channel axis checked / taken from the layout of kernel ``path``.
+
+    Per-tensor configs, paths without a layout and ``layouts=None`` return ``config`` as is.
+    With ``channel_axis="output"`` a per-channel / per-group config gets the output axis
+    ``layouts[path]``; a non-default ``axis`` (not ``-1``) naming another axis raises
+    ``ValueError``. ``channel_axis="config"`` keeps the config's axis.
+
+    Example:
+      >>> cfg = quant.QuantConfig(bits=4, granularity="per_channel")
+      >>> resolve_axis("params/fc/weight", (10, 32), cfg, {"params/fc/weight": 0}).axis
+      0
+    """
+    if layouts is None or path not in layouts or config.granularity == "per_tensor":
+        return config
+    ndim = len(shape)
+    out = layouts[path]
+    if not -ndim <= out < ndim:
+        raise ValueError(f"layouts[{path!r}] = {out} is not an axis of its shape {tuple(shape)}")
+    if -ndim <= config.axis < ndim and config.axis % ndim == out % ndim:
+        return config
+    if channel_axis == "config":
+        return config
+    if config.axis != -1:
+        raise ValueError(
+            f"QuantConfig(axis={config.axis}, granularity={config.granularity!r}) would take "
+            f"the scales of {path!r} (shape {tuple(shape)}) along axis {config.axis}, but its "
+            f"output channel is axis {out}: per-channel weight scales belong to output "
+            f"channels. Use axis={out} (or the default), or pass channel_axis='config' to "
+            f"quantize along axis {config.axis} on purpose"
+        )
+    return dataclasses.replace(config, axis=out)
+
+
 def resolve_rules(
     params: Mapping[str, Any],
     spec_or_rules,
     *,
     targets: str | None = DEFAULT_TARGETS,
     strict: bool = False,
+    layouts: Mapping[str, int] | None = None,
+    channel_axis: str = "output",
 ) -> dict[str, Any]:
     """Which QuantConfig applies to which leaf: ``{path: QuantConfig}`` (float leaves omitted).
 
@@ -105,16 +187,19 @@ def resolve_rules(
       params: flax variables dict.
       spec_or_rules: a QuantConfig (applied to every targeted leaf) or ordered rules
         ``[(regex, QuantConfig | None), ...]`` (see the module docstring for the semantics).
-      targets: regex selecting candidate leaves (default: ``kernel`` leaves of ``params``);
-        ``None`` makes every leaf a candidate.
+      targets: regex selecting candidate leaves (default: ``kernel`` leaves of ``params``,
+        or exactly the kernels of ``layouts``); ``None`` makes every leaf a candidate.
       strict: raise when a leaf is matched by more than one rule (instead of first match wins).
+      layouts: ``{kernel_path: output_axis}`` (module docstring); ``None``: configs as given.
+      channel_axis: ``"output"`` or ``"config"`` (module docstring, :func:`resolve_axis`).
 
     Returns:
-      ``{path: QuantConfig}`` in the flattening order of ``params``.
+      ``{path: QuantConfig}`` in the flattening order of ``params`` (axes resolved).
 
     Raises:
       ValueError: a rule applies to no leaf, ambiguous rules under ``strict=True``, a config
-        for a non-float leaf, or an invalid regex. TypeError: malformed rules.
+        for a non-float leaf, an invalid regex, or a per-channel axis that is not the
+        kernel's output axis. TypeError: malformed rules or layouts.
 
     Example:
       >>> import flax.linen as nn
@@ -126,12 +211,26 @@ def resolve_rules(
       >>> {path: cfg.bits for path, cfg in plan.items()}
       {'params/layers_0/kernel': 8, 'params/layers_2/kernel': 4}
     """
+    layouts = _check_layouts(layouts, channel_axis)
+    targets = _layout_targets(layouts, targets)
     rules = _normalise_rules(spec_or_rules, targets)
     flat = flatten_params(params)
+    if layouts is not None:
+        missing = [p for p in layouts if p not in flat]
+        if missing:
+            raise ValueError(f"layouts name kernels that params lack: {missing}")
     target_re = re.compile(targets) if targets is not None else None
     candidates = [p for p in flat if target_re is None or target_re.search(p)]
     if not candidates:
-        raise ValueError(f"no leaf of params matches targets={targets!r}; paths: {list(flat)}")
+        hint = (
+            "; kernels of models from other frameworks have other names (equinox: weight): "
+            "pass layouts=bq_jax.models.adapt(model, sample_x=x).layouts"
+            if layouts is None
+            else ""
+        )
+        raise ValueError(
+            f"no leaf of params matches targets={targets!r}; paths: {list(flat)}{hint}"
+        )
 
     used = [0] * len(rules)
     matched = [0] * len(rules)
@@ -178,7 +277,7 @@ def resolve_rules(
                 f"{path!r}, a non-float leaf of dtype {dtype}; only floating-point leaves can be "
                 "quantized (narrow the regex or targets)"
             )
-        out[path] = config
+        out[path] = resolve_axis(path, jnp.shape(flat[path]), config, layouts, channel_axis)
     return out
 
 
@@ -225,6 +324,8 @@ def quantize_weights(
     targets: str | None = DEFAULT_TARGETS,
     strict: bool = False,
     return_summary: bool = False,
+    layouts: Mapping[str, int] | None = None,
+    channel_axis: str = "output",
 ):
     """PTQ-W: fake-quantizes the targeted weight leaves of a variables dict.
 
@@ -240,6 +341,11 @@ def quantize_weights(
       strict: leaves matched by more than one rule raise instead of first match wins.
       return_summary: also return one row per quantized leaf: ``path, bits, fmt,
         granularity, range_method, scale_min, scale_max, scale_mean, sqnr_db``.
+      layouts: ``{kernel_path: output_axis}`` of the kernels (``adapt(...).layouts``), so that
+        per-channel scales are per output channel whatever the kernel layout; default: the
+        configs' axes as given (linen layout).
+      channel_axis: ``"output"`` (take the axis from ``layouts``; refuse a conflicting
+        explicit one) or ``"config"`` (use the config's axis on purpose).
 
     Returns:
       The quantized variables dict (same structure and dtypes), and the summary list if
@@ -254,8 +360,24 @@ def quantize_weights(
       >>> params_q, rows = quantize_weights(variables, cfg, return_summary=True)
       >>> rows[0]["path"], rows[0]["bits"]
       ('params/layers_0/kernel', 4)
+
+      An equinox-style ``(out, in)`` kernel gets one scale per output row from its layout
+      (3 bits: scales 2/3 and 1/6, so row 1 keeps its resolution):
+
+      >>> params = {"params": {"fc": {"weight": jnp.array([[1.0, -2.0], [0.5, 0.25]])}}}
+      >>> cfg = quant.QuantConfig(bits=3, granularity="per_channel")
+      >>> quantize_weights(params, cfg, layouts={"params/fc/weight": 0})["params"]["fc"]["weight"]
+      Array([[ 1.3333334 , -2.        ],
+             [ 0.5       ,  0.33333334]], dtype=float32)
     """
-    plan = resolve_rules(params, spec_or_rules, targets=targets, strict=strict)
+    plan = resolve_rules(
+        params,
+        spec_or_rules,
+        targets=targets,
+        strict=strict,
+        layouts=layouts,
+        channel_axis=channel_axis,
+    )
     flat = flatten_params(params)
     summary = []
     for path, config in plan.items():
@@ -292,6 +414,8 @@ def quantize_weights_stack(
     *,
     targets: str | None = DEFAULT_TARGETS,
     strict: bool = False,
+    layouts: Mapping[str, int] | None = None,
+    channel_axis: str = "output",
 ):
     """``V`` PTQ-W variants of ``params`` stacked on a leading axis, for ``geometry.sweep_labels``.
 
@@ -306,7 +430,7 @@ def quantize_weights_stack(
     Args:
       params: flax variables dict.
       configs: sequence of specs or rule lists (length ``V >= 1``).
-      targets, strict: as in :func:`quantize_weights`.
+      targets, strict, layouts, channel_axis: as in :func:`quantize_weights`.
 
     Returns:
       Variables dict whose leaves have shape ``(V, *leaf.shape)``.
@@ -326,5 +450,10 @@ def quantize_weights_stack(
         raise TypeError("configs must be a sequence of QuantConfigs or rule lists")
     if len(configs) == 0:
         raise ValueError("configs is empty; give at least one variant")
-    variants = [quantize_weights(params, c, targets=targets, strict=strict) for c in configs]
+    variants = [
+        quantize_weights(
+            params, c, targets=targets, strict=strict, layouts=layouts, channel_axis=channel_axis
+        )
+        for c in configs
+    ]
     return stack_params(variants)

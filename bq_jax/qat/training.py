@@ -333,7 +333,7 @@ def make_qat_program(
 
 
 def _build_program(model, variables_float, config: QATConfig, total_steps: int) -> QATProgram:
-    from bq_jax.ptq import activation_quantized_apply, intercept_layers
+    from bq_jax.ptq import activation_quantized_apply, rewrite_layers
 
     plan = qz.resolve_plan(variables_float, config.weights, targets=config.targets)
     learned = config.learned
@@ -374,14 +374,11 @@ def _build_program(model, variables_float, config: QATConfig, total_steps: int) 
         """``fn`` with fake-quantized Dense/Conv inputs; also returns each input's range."""
         seen: dict = {}
 
-        def rewrite(name, module, next_fun, args, kwargs):
-            a = args[0]
+        def rewrite(name, a):
             seen[name] = _batch_range(a)
-            if name in acts:
-                a = _fq_act(a, acts[name])
-            return next_fun(a, *args[1:], **kwargs)
+            return _fq_act(a, acts[name]) if name in acts else a
 
-        wrapped = intercept_layers(fn, rewrite)
+        wrapped = rewrite_layers(fn, inputs=rewrite)
 
         def run(variables, x):
             out = wrapped(variables, x)
