@@ -6,6 +6,9 @@ it imports only the layers below every sub-package (``bq_jax._src``, ``bq_jax.vo
 
 * :mod:`~bq_jax.geometry.slices`: :class:`Slice` (plane ``x(u) = mu + P u`` and an R x R grid),
   :func:`pca_slice`, :func:`random_slice`, :func:`points_slice`, :func:`stack_slices`.
+* :mod:`~bq_jax.geometry.families`: :func:`slice_family` (K planes of a kind in
+  :data:`FAMILY_KINDS` drawn from a key, one stacked Slice), :func:`family_metrics` (per-slice
+  metrics of V variants on K planes in one jitted call, memory flat in K).
 * :mod:`~bq_jax.geometry.sweep`: :func:`sweep_logits`, :func:`sweep_labels` (V variants x
   R x R points in one jitted, chunked call, sharded over devices with ``mesh=``),
   :func:`evaluate_logits`, :func:`device_mesh`.
@@ -28,6 +31,7 @@ evaluation shared by sweeps, :func:`compare` and the local geometry) and
 
 from bq_jax.geometry.adaptive import AdaptiveLabels, adaptive_labels
 from bq_jax.geometry.compare import COMPARE_KEYS, compare, compare_records
+from bq_jax.geometry.families import FAMILY_KINDS, FAMILY_METRICS, family_metrics, slice_family
 from bq_jax.geometry.local import (
     GRAD_TOL,
     MarginRadius,
@@ -68,6 +72,8 @@ from bq_jax.geometry.sweep import (
 __all__ = [
     "AdaptiveLabels",
     "COMPARE_KEYS",
+    "FAMILY_KINDS",
+    "FAMILY_METRICS",
     "GRAD_TOL",
     "MarginRadius",
     "Slice",
@@ -85,6 +91,7 @@ __all__ = [
     "default_chunk_size",
     "device_mesh",
     "evaluate_logits",
+    "family_metrics",
     "flip_rate",
     "grid_change",
     "huber",
@@ -101,6 +108,7 @@ __all__ = [
     "points_slice",
     "random_slice",
     "soft_boundary_mask",
+    "slice_family",
     "soft_jaccard",
     "stack_slices",
     "sweep_labels",
