@@ -109,6 +109,10 @@ METRICS: dict[str, Term] = {
         "boundary_jaccard_distance on the slice of the held-out inputs", ".3f"
     ),
     "grid_change": Term("fraction of slice grid points whose label changed"),
+    "heldout_boundary_jaccard_difference": Term(
+        "boundary_gap minus nearest heldout_boundary_jaccard_distance, paired on the same planes",
+        ".3f",
+    ),
     "calibration_grid_change": Term("grid_change on the slices of the calibration inputs"),
     "heldout_grid_change": Term("grid_change on the slices of the held-out inputs"),
     "calibration_triple_junction_count": Term(
