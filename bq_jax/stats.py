@@ -269,7 +269,7 @@ def _pearson_estimate(key, x, y, level, n_resamples):
     boot = jnp.mean(_r(xb, yb), axis=1)  # NaN if any stratum's resample is constant
     low, high = _percentiles(boot, level)
     ok = jnp.isfinite(boot)
-    m = jnp.sum(ok)
+    m = jnp.sum(ok).astype(boot.dtype)
     centred = jnp.where(ok, boot - jnp.sum(jnp.where(ok, boot, 0.0)) / m, 0.0)
     se = jnp.sqrt(jnp.sum(centred * centred) / (m - 1))
     return Estimate(r, se, low, high, s * n)
