@@ -231,5 +231,11 @@ def report_section(sec, config, results: dict, figure_paths: dict) -> None:
         "families are drawn from disjoint inputs by the same recipe, so a high r says a "
         "calibration family is a faithful stand-in for a held-out one."
     )
-    for path in figure_paths.values():
-        sec.figure(path, "Calibration vs held-out boundary Jaccard distance.")
+    captions = {
+        "correlation.png": "Calibration vs held-out boundary Jaccard distance (means over each "
+        "split's planes, grey: intervals over planes), every variant and seed.",
+        "correlation_slices.png": "The per-plane values behind the first seed's points: each "
+        "variant's calibration and held-out planes; bar: mean, line: interval over planes.",
+    }
+    for name, path in figure_paths.items():
+        sec.figure(path, captions.get(name, name))

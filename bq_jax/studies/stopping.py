@@ -392,9 +392,12 @@ def report_section(sec, config, results: dict, figure_paths: dict) -> None:
         ],
         ["bits", *ROW_METRICS],
     )
-    for path in figure_paths.values():
-        sec.figure(
-            path,
-            "Calibration (deciding) and held-out (judging) measurements per width; "
-            "dashed: epsilon and tau_J.",
-        )
+    captions = {
+        "stopping.png": "Calibration (deciding) and held-out (judging) measurements per width; "
+        "dashed: epsilon and tau_J.",
+        "stopping_slices.png": "Boundary Jaccard distance on each plane of the first seed's "
+        "calibration and held-out families, per width; bar: mean, line: interval over planes; "
+        "dashed: tau_J.",
+    }
+    for name, path in figure_paths.items():
+        sec.figure(path, captions.get(name, name))
