@@ -213,7 +213,10 @@ def _wilson(k, n, level):
     centre = (p + z2n / 2) / denom
     half = z / denom * jnp.sqrt(p * (1.0 - p) / n + z2n / (4 * n))
     se = jnp.sqrt(p * (1.0 - p) / n)
-    return Estimate(p, se, jnp.maximum(centre - half, 0.0), jnp.minimum(centre + half, 1.0), n)
+    # at k = 0 (k = n) the bound is exactly 0 (1); float32 round-off would leave ~1e-10
+    low = jnp.where(k == 0, 0.0, jnp.maximum(centre - half, 0.0))
+    high = jnp.where(k == n, 1.0, jnp.minimum(centre + half, 1.0))
+    return Estimate(p, se, low, high, n)
 
 
 def wilson_interval(successes, n, *, level: float = DEFAULT_LEVEL) -> Estimate:

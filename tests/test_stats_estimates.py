@@ -64,6 +64,10 @@ def test_wilson_interval_matches_the_formula_and_scipy():
         assert float(est.low) == pytest.approx(max(c - h, 0.0), abs=2e-6)
         assert float(est.high) == pytest.approx(min(c + h, 1.0), abs=2e-6)
         assert float(est.se) == pytest.approx(np.sqrt(p * (1 - p) / n), abs=1e-7)
+        if k == 0:  # exact ends, not float32 round-off
+            assert float(est.low) == 0.0
+        if k == n:
+            assert float(est.high) == 1.0
         # scipy's binomtest gives the same Wilson interval
         ci = sps.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
         assert (float(est.low), float(est.high)) == pytest.approx((ci.low, ci.high), abs=2e-6)

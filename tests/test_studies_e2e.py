@@ -290,11 +290,15 @@ def test_tfds_datasets_run_end_to_end_on_mock_data(dataset, model, tmp_path):
 
 @pytest.mark.slow
 def test_full_digits_study_reproduces_the_committed_findings(tmp_path):
-    """The full study (3 seeds, 256x256) decides every finding as the committed results do.
+    """The full study (3 seeds, 256x256 training slice, 16 triplet planes per split at 128x128)
+    decides every finding as the committed results do, and says why.
 
-    The committed results/digits/results.json shows every qualitative finding of the paper
-    holding on digits except one: calibration and held-out boundary Jaccard distances on one PCA
-    plane per split correlate with r of about 0.7, below the 0.9 the finding asks for.
+    The committed results/digits/results.json shows all six qualitative findings of the paper
+    holding on digits. The calibration / held-out correlation, which failed with one PCA plane
+    per split (r about 0.71), holds with slice families: r = 0.990, 0.95 bootstrap interval
+    [0.968, 0.996] over 33 variants. Boundary-gap rounding lowers the 4-bit held-out boundary
+    Jaccard distance by 0.052 [0.002, 0.099] (paired over 48 planes): its interval only just
+    excludes 0, so this is the finding most likely to flip with other seeds.
     """
     from bq_jax.studies import load_results
 
@@ -304,8 +308,17 @@ def test_full_digits_study_reproduces_the_committed_findings(tmp_path):
     out = tmp_path / "digits"
     assert cli.main(["reproduce", "digits", "--no-progress", "--out", str(out)]) == cli.EXIT_OK
     results = load_results(str(out / "results.json"))
-    holds = {f["finding"]: f["holds"] for f in results["findings"]}
-    assert holds == {f["finding"]: f["holds"] for f in committed["findings"]}
-    not_holding = [f for f, h in holds.items() if not h]
-    assert len(holds) == 6 and len(not_holding) == 1
-    assert "correlate" in not_holding[0]
+    ours = {f["finding"]: f for f in results["findings"]}
+    theirs = {f["finding"]: f for f in committed["findings"]}
+    assert set(ours) == set(theirs) and len(ours) == 6
+    for claim, f in ours.items():
+        # the message names the claim and both runs' evidence
+        assert f["holds"] == theirs[claim]["holds"], (
+            f"{claim}: holds {f['holds']} ({f['evidence']}); committed "
+            f"{theirs[claim]['holds']} ({theirs[claim]['evidence']})"
+        )
+    assert all(f["holds"] for f in ours.values()), {k: f["evidence"] for k, f in ours.items()}
+    # the same code and seeds give the same numbers as the committed run
+    assert results["correlation"]["pearson_r"] == pytest.approx(
+        committed["correlation"]["pearson_r"], abs=1e-6
+    )
