@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_geometry_sweep import init_mlp, mlp, stack  # tests/ is on sys.path (rootdir conftest)
 
 from bq_jax import geometry as G
 from bq_jax.geometry import engine as E
 from bq_jax.geometry.slices import ORTHONORMAL_ATOL
-
-from test_geometry_sweep import init_mlp, mlp, stack  # tests/ is on sys.path (rootdir conftest)
 
 
 def _data(n=60, d=8, seed=0):
@@ -21,9 +20,7 @@ def _data(n=60, d=8, seed=0):
 
 def _family(kind, key=0, count=4, x=None, resolution=10):
     x = _data() if x is None else x
-    return G.slice_family(
-        jax.random.key(key), x, kind=kind, count=count, resolution=resolution
-    )
+    return G.slice_family(jax.random.key(key), x, kind=kind, count=count, resolution=resolution)
 
 
 def _arrays(fam):
@@ -173,9 +170,7 @@ def model():
 def test_stacked_family_sweep_equals_single_sweeps_exactly(model, mode):
     x, _, params = model
     fam = G.slice_family(jax.random.key(1), x, kind="triplet", count=5, resolution=16)
-    labels = np.asarray(
-        G.sweep_labels(mlp, params, fam, chunk_size=37, variant_batching=mode)
-    )
+    labels = np.asarray(G.sweep_labels(mlp, params, fam, chunk_size=37, variant_batching=mode))
     logits = np.asarray(G.sweep_logits(mlp, params, fam, chunk_size=37, variant_batching=mode))
     assert labels.shape == (5, 3, 16, 16)
     for k in range(5):

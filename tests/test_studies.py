@@ -8,13 +8,13 @@ import pytest
 
 from bq_jax.stats import mean_rows, mean_std
 from bq_jax.studies import StudyConfig, default_config
+from bq_jax.studies.context import FAMILY_SPLITS, SeedContext
 from bq_jax.studies.interpolation import (
     interpolated_weights,
     junction_points,
     near_junctions,
     transition_stats,
 )
-from bq_jax.studies.context import FAMILY_SPLITS, SeedContext
 from bq_jax.studies.stopping import decision_field, select_bits
 
 # ------------------------------------------------------------------------------ aggregation

@@ -156,7 +156,10 @@ def test_quick_run_matches_golden_values(quick_run):
     for key in ("calibration_boundary_jaccard_distance", "heldout_boundary_jaccard_distance"):
         assert [r[key] for r in srows] == pytest.approx(g[key], abs=1e-6), key
     four = next(r for r in srows if r["bits"] == 4)
-    interval = [four["heldout_boundary_jaccard_distance_low"], four["heldout_boundary_jaccard_distance_high"]]
+    interval = [
+        four["heldout_boundary_jaccard_distance_low"],
+        four["heldout_boundary_jaccard_distance_high"],
+    ]
     assert interval == pytest.approx(g["heldout_4bit_interval"], abs=1e-6)
     corr = results["correlation"]
     assert corr["pearson_r"] == pytest.approx(g["pearson_r"], abs=1e-6)

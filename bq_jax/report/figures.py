@@ -782,18 +782,27 @@ def plot_slice_values(
             jitter = ((np.arange(v.size) * 0.618034) % 1.0 - 0.5) * width * 0.6
             x0 = g + offset
             ax.scatter(
-                x0 + jitter, v, s=9, color=color, alpha=0.6, linewidths=0,
+                x0 + jitter,
+                v,
+                s=9,
+                color=color,
+                alpha=0.6,
+                linewidths=0,
                 label=name if g == 0 else None,
             )
             if v.size:
-                ax.hlines(v.mean(), x0 - width * 0.4, x0 + width * 0.4, color="black", linewidth=1.2)
+                ax.hlines(
+                    v.mean(), x0 - width * 0.4, x0 + width * 0.4, color="black", linewidth=1.2
+                )
             iv = None if intervals is None else intervals.get(name, [None] * len(groups))[g]
             if iv is not None and None not in iv:
                 ax.vlines(x0, iv[0], iv[1], color="black", linewidth=1.0)
     if threshold is not None:
         ax.axhline(threshold, color="#555555", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=45 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
+    ax.set_xticklabels(
+        groups, rotation=45 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center"
+    )
     ax.set_ylabel(ylabel, fontsize=_LABEL_SIZE)
     if title:
         ax.set_title(title, fontsize=_TITLE_SIZE)

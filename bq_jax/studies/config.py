@@ -211,7 +211,12 @@ class StudyConfig(BaseConfig):
         check_choice("stopping_bound", self.stopping_bound, STOPPING_BOUNDS)
         check_int("bootstrap_resamples", self.bootstrap_resamples, 100, 1_000_000)
         check_float(
-            "confidence_level", self.confidence_level, low=0.0, high=1.0, open_low=True, open_high=True
+            "confidence_level",
+            self.confidence_level,
+            low=0.0,
+            high=1.0,
+            open_low=True,
+            open_high=True,
         )
         if self.stopping_bound == "upper" and self.slice_count < 2:
             raise ValueError(

@@ -26,7 +26,14 @@ from bq_jax import geometry, ptq, train
 from bq_jax.quant import QuantConfig
 from bq_jax.studies.config import BaseConfig, StudyError
 
-__all__ = ["SeedContext", "SLICE_KINDS", "FAMILY_SPLITS", "FAMILY_SEED", "weight_config", "stable_key"]
+__all__ = [
+    "SeedContext",
+    "SLICE_KINDS",
+    "FAMILY_SPLITS",
+    "FAMILY_SEED",
+    "weight_config",
+    "stable_key",
+]
 
 SLICE_KINDS = ("train", "calibration", "heldout")
 #: Splits a slice family is drawn from (calibration decides, held-out judges).
@@ -45,6 +52,8 @@ def stable_key(seed: int, *parts) -> jax.Array:
         True
     """
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF)
+
+
 # Inputs per forward pass when predicting a split (bounded memory on the larger data sets).
 _BATCH = 2048
 

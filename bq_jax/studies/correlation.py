@@ -36,10 +36,10 @@ import numpy as np
 from bq_jax.report import plot_scatter
 from bq_jax.stats import mean_std, pearson_estimate, pearson_r
 from bq_jax.studies.config import StudyConfig
+from bq_jax.studies.context import stable_key
 from bq_jax.studies.paper import PAPER_UNSTATED_DATASET
 from bq_jax.studies.protocol import Finding
-from bq_jax.studies.context import stable_key
-from bq_jax.studies.reporting import estimate_cell, estimate_text, fmt_list, mean_std_cell, table
+from bq_jax.studies.reporting import estimate_cell, estimate_text, fmt_list, table
 from bq_jax.studies.stopping import AGGREGATE_SEED, slice_values_figure
 from bq_jax.vocabulary import COUNT_SUFFIX, HIGH_SUFFIX, LOW_SUFFIX, SE_SUFFIX, VALUES_SUFFIX
 

@@ -282,4 +282,6 @@ def report_section(sec, config, results: dict, figure_paths: dict) -> None:
     if lines:
         sec.bullets(lines)
     for path in figure_paths.values():
-        sec.figure(path, "Accuracy, held-out boundary Jaccard distance and pair-order flip per rule.")
+        sec.figure(
+            path, "Accuracy, held-out boundary Jaccard distance and pair-order flip per rule."
+        )

@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import statistics
 
-import jax
 import numpy as np
 
 from bq_jax.report import plot_metric_vs_bits, plot_slice_values
-from bq_jax.stats import mean_estimate, mean_rows, mean_std, wilson_interval
+from bq_jax.stats import mean_estimate, mean_rows, wilson_interval
 from bq_jax.studies.config import StudyConfig
 from bq_jax.studies.context import FAMILY_SPLITS, stable_key
 from bq_jax.studies.paper import PAPER
@@ -182,7 +181,12 @@ def select_bits(rows: list[dict], field: str, threshold: float) -> tuple[int, bo
 def _rule(rows, field, threshold) -> dict:
     bits, met = select_bits(rows, field, threshold)
     row = next(r for r in rows if r["bits"] == bits)
-    return {"bits": bits, "met": met, "decided_on": field, **{k: row[k] for k in row if k != "bits"}}
+    return {
+        "bits": bits,
+        "met": met,
+        "decided_on": field,
+        **{k: row[k] for k in row if k != "bits"},
+    }
 
 
 def compute(config, seed, ctx, deps) -> tuple[dict, dict]:
