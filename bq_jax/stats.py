@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -380,6 +381,12 @@ def _pool_rate(rows: list[dict], f: str, level: float) -> dict:
     return out
 
 
+def _field_key(key, row_id: tuple, field: str):
+    """``fold_in(key, crc32(repr((row_id, field))))``: a key per (row, estimate) that is the same
+    in every process and whatever the order of rows and fields."""
+    return jax.random.fold_in(key, zlib.crc32(repr((row_id, field)).encode()) & 0x7FFFFFFF)
+
+
 def mean_rows(
     per_seed_rows: Sequence[Sequence[dict]],
     keys: Sequence[str],
@@ -397,8 +404,9 @@ def mean_rows(
             they are copied, every other numeric field is averaged (``x``) with its spread
             (``x_std``). Non-numeric, non-key fields are dropped (they stay in ``per_seed``).
         key: PRNG key of the bootstrap that pools per-unit values (needed only when rows carry
-            ``x_values``); row ``i`` uses ``fold_in(key, i)``, its ``j``-th estimate
-            ``fold_in(fold_in(key, i), j)``.
+            ``x_values``); the estimate ``x`` of the row identified by ``k`` (its ``keys``
+            values) uses ``fold_in(key, crc32(repr((k, x))))``, so it does not depend on the
+            order of rows or fields (a row read back from JSON gives the same interval).
         rates: estimate fields that are rates over examples (Wilson intervals), pooled as
             counts.
         n_resamples, level: of the pooled bootstrap and Wilson intervals.
@@ -429,12 +437,11 @@ def mean_rows(
                 index.append(k)
             grouped[k].append(row)
     out = []
-    for i, k in enumerate(index):
+    for k in index:
         rows = grouped[k]
         agg = dict(zip(keys, k, strict=True))
         fields = [f for f in rows[0] if f not in keys]
         bases = _estimate_bases(fields)
-        j = 0
         for f in fields:
             if _is_estimate_field(f, bases):
                 continue
@@ -442,8 +449,7 @@ def mean_rows(
             if all(v is None or is_number(v) for v in values):
                 agg[f], agg[f + "_std"] = mean_std(values)
             if f in bases:
-                row_key = None if key is None else jax.random.fold_in(jax.random.fold_in(key, i), j)
-                j += 1
+                row_key = None if key is None else _field_key(key, k, f)
                 if f in rates:
                     agg.update(_pool_rate(rows, f, level))
                 else:

@@ -2,6 +2,8 @@
 data with a known truth (vmapped over 1000 repetitions), jit vs eager, pooling over seeds,
 errors."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,7 +178,7 @@ def test_mean_rows_pools_per_slice_values_and_rates():
         seeds.append([row])
     (agg,) = stats.mean_rows(seeds, ("bits",), key=key, rates=("flip_rate",), n_resamples=300)
     pooled = stats.mean_estimate(
-        jax.random.fold_in(jax.random.fold_in(key, 0), 0),
+        jax.random.fold_in(key, zlib.crc32(repr(((4,), "boundary_jaccard_distance")).encode())),
         [[0.1, 0.3, 0.2], [0.4, 0.2, 0.3]],
         n_resamples=300,
     )
@@ -193,6 +195,10 @@ def test_mean_rows_pools_per_slice_values_and_rates():
         (float(w.low), float(w.high))
     )
     assert agg["flip_rate_n"] == 900 and agg["n_seeds"] == 2
+    # rows read back from JSON (sorted keys) pool to the same intervals
+    shuffled = [[dict(sorted(r.items(), reverse=True)) for r in rows] for rows in seeds]
+    again = stats.mean_rows(shuffled, ("bits",), key=key, rates=("flip_rate",), n_resamples=300)
+    assert again[0] == agg
 
 
 def test_mean_rows_without_estimates_is_unchanged():
