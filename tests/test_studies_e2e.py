@@ -134,7 +134,7 @@ GOLDEN_QUICK = {
         0.9499525427818298,
     ],
     # bootstrap interval of the 4-bit held-out estimate (key and resamples fixed)
-    "heldout_4bit_interval": [0.33544033765792847, 0.7479795217514038],
+    "heldout_4bit_interval": [0.33911755681037903, 0.7479795217514038],
     "pearson_r": 0.9759162068367004,
     "pearson_r_interval": [0.9418564438819885, 0.9965447783470154],
     "difference_4bit": -0.12457798421382904,
