@@ -5,8 +5,11 @@ Three PCA slices are used, each the plane through the mean of a set of inputs (e
 model sees them) spanned by its two leading principal components, on an R x R grid:
 
 * ``"train"``:       training inputs. The slice of the bit sweep, interpolation and rounding.
-* ``"calibration"``: calibration inputs only. The stopping rules look at nothing else.
-* ``"heldout"``:     held-out inputs. The stopping rules are judged on it.
+* ``"calibration"``: calibration inputs only.
+* ``"heldout"``:     held-out inputs.
+
+The stopping, rounding and correlation studies measure their calibration and held-out slice
+metrics on slice families instead (below): one plane per split is a high-variance measurement.
 
 Slice families (:func:`bq_jax.geometry.slice_family`, ``config.slice_family`` kind,
 ``config.slice_count`` planes at ``config.family_resolution``) are drawn from the calibration
