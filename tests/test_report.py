@@ -523,7 +523,7 @@ def test_plot_slice_values_dots_means_intervals_and_bad_inputs(tmp_path):
         "calibration": [[0.1, 0.3, 0.2], [0.6, 0.8]],
         "heldout": [[0.2, 0.2], [0.7, 0.9, 0.8]],
     }
-    intervals = {"calibration": [(0.1, 0.3), None], "heldout": [(0.2, 0.2), (0.7, 0.9)]}
+    intervals = {"calibration": [(0.1, 0.3), None], "heldout": [(0.15, 0.25), (0.7, 0.9)]}
     kwargs = dict(ylabel="boundary_jaccard_distance", intervals=intervals, threshold=0.5)
     fig = report.plot_slice_values(["8b", "4b"], series, **kwargs)
     ax = fig.axes[0]
