@@ -16,10 +16,12 @@ Conventions
 * **Aggregation over seeds.** A number ``x`` is the mean over seeds, ``x_std`` its sample
   standard deviation (``ddof=1``; ``0.0`` for one seed) and ``n_seeds`` the number of seeds that
   contributed; ``None`` marks a value undefined by construction and is left out of the mean.
-* **Intervals within one seed.** ``x_ci_low`` / ``x_ci_high`` are the ends of the confidence
-  interval of ``x`` (level ``confidence_level``; the resampling unit is stated where ``x`` is
-  made: planes for a slice metric, examples for a proportion) and ``x_per_slice`` its value on
-  each plane of a slice stack.
+* **Estimates with uncertainty** (:class:`bq_jax.stats.Estimate`). A measured ``x`` that is an
+  estimate carries ``x_se`` (its standard error), ``x_low`` / ``x_high`` (the bounds of its
+  confidence interval at the run's ``confidence_level``) and ``x_n`` (the number of resampling
+  units behind it: slices of a slice family, examples of a rate, variants of a correlation);
+  ``x_values`` lists the per-unit values where they are kept (per-slice values). Each metric's
+  description names its unit and interval.
 
 This module imports nothing of the project's (it sits below every sub-package).
 """
@@ -37,7 +39,14 @@ __all__ = [
     "INTERVAL_SUFFIXES",
     "PER_SLICE_SUFFIX",
     "N_SEEDS",
+    "SE_SUFFIX",
+    "LOW_SUFFIX",
+    "HIGH_SUFFIX",
+    "COUNT_SUFFIX",
+    "VALUES_SUFFIX",
+    "ESTIMATE_SUFFIXES",
     "DEFAULT_BAND_QUANTILE",
+    "metric_base",
     "metric_format",
     "describe",
 ]
@@ -53,6 +62,14 @@ INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
 PER_SLICE_SUFFIX = "_per_slice"
 #: Key of the number of seeds behind an aggregated row.
 N_SEEDS = "n_seeds"
+#: Suffixes of an estimate ``x``: standard error, interval bounds, resampling units, unit values.
+SE_SUFFIX = "_se"
+LOW_SUFFIX = "_low"
+HIGH_SUFFIX = "_high"
+COUNT_SUFFIX = "_n"
+VALUES_SUFFIX = "_values"
+#: The suffixes an estimate adds to its key (besides ``_std`` over seeds).
+ESTIMATE_SUFFIXES = (SE_SUFFIX, LOW_SUFFIX, HIGH_SUFFIX, COUNT_SUFFIX, VALUES_SUFFIX)
 
 #: Quantile of calibration ``|margin|`` that bounds the low-margin boundary band (DESIGN: 10 %).
 DEFAULT_BAND_QUANTILE = 0.1
@@ -98,6 +115,18 @@ METRICS: dict[str, Term] = {
         "boundary_jaccard_distance on the slice of the held-out inputs", ".3f"
     ),
     "grid_change": Term("fraction of slice grid points whose label changed"),
+    "heldout_boundary_jaccard_difference": Term(
+        "boundary_gap minus nearest heldout_boundary_jaccard_distance, paired on the same planes",
+        ".3f",
+    ),
+    "calibration_grid_change": Term("grid_change on the slices of the calibration inputs"),
+    "heldout_grid_change": Term("grid_change on the slices of the held-out inputs"),
+    "calibration_triple_junction_count": Term(
+        "triple_junction_count on the slices of the calibration inputs", ".1f"
+    ),
+    "heldout_triple_junction_count": Term(
+        "triple_junction_count on the slices of the held-out inputs", ".1f"
+    ),
     "triple_junction_count": Term(
         "2x2 cells of the quantized slice map carrying >= 3 distinct labels", ".1f"
     ),
@@ -171,6 +200,7 @@ METRICS: dict[str, Term] = {
     "sqnr_db": Term("10 log10(E[w^2] / E[(w - q(w))^2]) of the weights, dB", ".2f"),
     # -- correlation -------------------------------------------------------------------------
     "pearson_r": Term("Pearson correlation of calibration vs held-out values", ".3f"),
+    "pearson_r_pooled": Term("pearson_r of all seeds' variants together", ".3f"),
     # -- loss landscape (QAT basin study) ----------------------------------------------------
     "train_loss": Term("mean cross-entropy on the training split", ".4f"),
     "calibration_loss": Term("mean cross-entropy on the calibration split", ".4f"),
@@ -229,10 +259,6 @@ METRICS: dict[str, Term] = {
     ),
     "num_weights": Term("weights of the layer (of every weight layer for scope all)", "d"),
     "num_slices": Term("planes a slice metric is averaged over (its interval's n)", "d"),
-    "heldout_grid_change": Term("grid_change on the planes of the held-out inputs"),
-    "heldout_triple_junction_count": Term(
-        "triple_junction_count on the planes of the held-out inputs", ".1f"
-    ),
     "budget": Term("average bits per weight (weighted by weight count) an allocation may use", "d"),
     "allocation": Term(
         "mixed (per-layer widths chosen greedily on calibration planes), uniform (every layer "
@@ -312,25 +338,45 @@ HYPERPARAMETERS: dict[str, str] = {
     "candidate_bits": "weight bit widths the mixed-precision allocation may give a layer",
     "budgets": "average bits per weight (weighted by weight count) of the mixed-precision "
     "allocations; each is also the uniform baseline's width",
-    "num_slices": "planes per split: the PCA plane plus num_slices - 1 random planes through "
-    "the mean",
-    "confidence_level": "confidence level of the intervals (Wilson over examples, t over planes)",
     "segment_pairs": "pairs of held-out inputs whose segments the bit sweep counts label "
     "changes along (class skips)",
+    "slice_family": "kind of the calibration and held-out slice families (pca, random, triplet, "
+    "pair; see bq_jax.geometry.slice_family)",
+    "slice_count": "planes K per slice family (the resampling unit of slice-metric intervals)",
+    "family_resolution": "side R of the R x R grid of every slice-family plane",
+    "stopping_bound": "which end of a calibration estimate the stopping rules compare with their "
+    "threshold: mean, or upper (the confidence interval's upper bound)",
+    "bootstrap_resamples": "bootstrap resamples behind every confidence interval",
+    "confidence_level": "confidence level of every interval (e.g. 0.95)",
 }
 
 
-def metric_format(key: str) -> str:
-    """Format spec of metric ``key`` (``x_std``, ``x_ci_low`` and ``x_ci_high`` use the format of
-    ``x``); ``.4g`` if unknown.
+def metric_base(key: str) -> str:
+    """The metric an aggregated or estimate key belongs to: ``key`` without a ``_std`` and an
+    estimate suffix (:data:`ESTIMATE_SUFFIXES`).
 
     Example:
-        >>> metric_format("boundary_jaccard_distance_std")
-        '.3f'
+        >>> metric_base("heldout_boundary_jaccard_distance_high"), metric_base("flip_rate_std")
+        ('heldout_boundary_jaccard_distance', 'flip_rate')
     """
     base = key[: -len(STD_SUFFIX)] if key.endswith(STD_SUFFIX) else key
-    for suffix in INTERVAL_SUFFIXES:
-        base = base.removesuffix(suffix)
+    for suffix in ESTIMATE_SUFFIXES:
+        if base.endswith(suffix) and base[: -len(suffix)] in METRICS:
+            return base[: -len(suffix)]
+    return base
+
+
+def metric_format(key: str) -> str:
+    """Format spec of metric ``key`` (``x_std``, ``x_se``, ``x_low``, ``x_high`` use the format
+    of ``x``, ``x_n`` is an integer); ``.4g`` if unknown.
+
+    Example:
+        >>> metric_format("boundary_jaccard_distance_std"), metric_format("flip_rate_n")
+        ('.3f', 'd')
+    """
+    base = metric_base(key)
+    if base != key and key.endswith(COUNT_SUFFIX):
+        return "d"
     term = METRICS.get(base)
     return term.fmt if term is not None else ".4g"
 

@@ -518,6 +518,35 @@ def test_plot_curves_png_and_bad_inputs(tmp_path):
         report.plot_curves({}, xlabel="t", ylabel="loss")
 
 
+def test_plot_slice_values_dots_means_intervals_and_bad_inputs(tmp_path):
+    series = {
+        "calibration": [[0.1, 0.3, 0.2], [0.6, 0.8]],
+        "heldout": [[0.2, 0.2], [0.7, 0.9, 0.8]],
+    }
+    intervals = {"calibration": [(0.1, 0.3), None], "heldout": [(0.15, 0.25), (0.7, 0.9)]}
+    kwargs = dict(ylabel="boundary_jaccard_distance", intervals=intervals, threshold=0.5)
+    fig = report.plot_slice_values(["8b", "4b"], series, **kwargs)
+    ax = fig.axes[0]
+    # one dot per plane, the mean of each column as a bar, one line per interval given
+    dots = sorted(len(c.get_offsets()) for c in ax.collections if c.get_offsets().shape[1] == 2)
+    assert dots[-4:] == [2, 2, 3, 3]
+    segments = [s for c in ax.collections for s in getattr(c, "get_segments", list)()]
+    means = sorted(round(float(s[0][1]), 6) for s in segments if s[0][1] == s[1][1])
+    assert means == sorted(round(float(np.mean(v)), 6) for vals in series.values() for v in vals)
+    assert sum(s[0][0] == s[1][0] for s in segments) == 3  # three intervals, one None
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["8b", "4b"]
+    a = _png_bytes(fig, tmp_path / "a.png")
+    assert a == _png_bytes(
+        report.plot_slice_values(["8b", "4b"], series, **kwargs), tmp_path / "b.png"
+    )
+    with pytest.raises(ValueError, match="2 value lists for 1 groups"):
+        report.plot_slice_values(["8b"], series, ylabel="x")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        report.plot_slice_values(["8b"], {"a": [[np.nan]]}, ylabel="x")
+    with pytest.raises(ValueError, match="at least one group"):
+        report.plot_slice_values([], {}, ylabel="x")
+
+
 def test_save_figure_rejects_non_png(tmp_path):
     fig = report.plot_curves({"a": ([0, 1], [0, 1])}, xlabel="t", ylabel="loss")
     with pytest.raises(ValueError, match=r"must end in '\.png'"):

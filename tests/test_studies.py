@@ -8,13 +8,14 @@ import pytest
 
 from bq_jax.stats import mean_rows, mean_std
 from bq_jax.studies import StudyConfig, default_config
+from bq_jax.studies.context import FAMILY_SPLITS, SeedContext
 from bq_jax.studies.interpolation import (
     interpolated_weights,
     junction_points,
     near_junctions,
     transition_stats,
 )
-from bq_jax.studies.stopping import select_bits
+from bq_jax.studies.stopping import decision_field, select_bits
 
 # ------------------------------------------------------------------------------ aggregation
 
@@ -207,6 +208,16 @@ def test_interpolated_weights_rejects_two_bits():
             r"band_quantile must be a finite number in \(0",
         ),
         ({"dataset": "digits", "boundary_gap_weight": -1.0}, "boundary_gap_weight must be >= 0"),
+        ({"dataset": "digits", "slice_family": "grid"}, "slice_family must be one of 'pca'"),
+        ({"dataset": "digits", "slice_count": 0}, "slice_count must be an int in"),
+        ({"dataset": "digits", "family_resolution": 4}, "family_resolution must be an int in"),
+        ({"dataset": "digits", "stopping_bound": "lower"}, "stopping_bound must be one of"),
+        (
+            {"dataset": "digits", "slice_count": 1},
+            "stopping_bound='upper' needs slice_count >= 2",
+        ),
+        ({"dataset": "digits", "confidence_level": 1.0}, "confidence_level must be"),
+        ({"dataset": "digits", "bootstrap_resamples": 10}, "bootstrap_resamples must be an int in"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -217,6 +228,39 @@ def test_config_rejects_bad_values(kwargs, match):
 def test_config_rejects_wrong_types():
     with pytest.raises(TypeError, match="resolution must be an int"):
         StudyConfig(dataset="digits", resolution=256.0)
+
+
+def test_one_plane_with_the_mean_bound_is_accepted():
+    cfg = StudyConfig(dataset="digits", slice_count=1, stopping_bound="mean", slice_family="pca")
+    assert decision_field(cfg, "x") == "x"
+    assert decision_field(StudyConfig(dataset="digits"), "x") == "x_high"
+
+
+def test_seed_context_families_come_from_their_own_split():
+    """Calibration planes pass through calibration inputs only, held-out planes through
+    held-out inputs only; the families are memoised and their metrics too."""
+    cfg = default_config("digits", quick=True, progress=False)
+    ctx = SeedContext(cfg, 0, cache_dir=None)
+    fams = {split: ctx.family(split) for split in FAMILY_SPLITS}
+    assert ctx.family("calibration") is fams["calibration"]
+    for split, fam in fams.items():
+        assert fam.num_slices == cfg.slice_count and fam.resolution == cfg.family_resolution
+        other = "heldout" if split == "calibration" else "calibration"
+        own = ctx.inputs(split).reshape(len(ctx.inputs(split)), -1)
+        foreign = ctx.inputs(other).reshape(len(ctx.inputs(other)), -1)
+        for k in range(fam.num_slices):
+            # a triplet plane's origin is one of its three inputs
+            o = np.asarray(fam.origin[k])
+            assert np.min(np.linalg.norm(own - o, axis=1)) < 1e-5
+            assert np.min(np.linalg.norm(foreign - o, axis=1)) > 1e-3
+    a = np.asarray(fams["calibration"].basis)
+    b = np.asarray(fams["heldout"].basis)
+    assert not np.allclose(a, b)
+    (m,) = ctx.family_metrics("heldout", [("ptq", 4)], [ctx.ptq(4)])
+    assert set(m) == {"boundary_jaccard_distance", "grid_change", "triple_junction_count"}
+    assert m["boundary_jaccard_distance"].shape == (cfg.slice_count,)
+    (again,) = ctx.family_metrics("heldout", [("ptq", 4)], [None])  # memoised: params unused
+    assert again is m
 
 
 def test_fingerprint_ignores_paths_and_display():

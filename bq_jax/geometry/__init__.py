@@ -6,6 +6,9 @@ it imports only the layers below every sub-package (``bq_jax._src``, ``bq_jax.vo
 
 * :mod:`~bq_jax.geometry.slices`: :class:`Slice` (plane ``x(u) = mu + P u`` and an R x R grid),
   :func:`pca_slice`, :func:`random_slice`, :func:`points_slice`, :func:`stack_slices`.
+* :mod:`~bq_jax.geometry.families`: :func:`slice_family` (K planes of a kind in
+  :data:`FAMILY_KINDS` drawn from a key, one stacked Slice), :func:`family_metrics` (per-slice
+  metrics of V variants on K planes in one jitted call, memory flat in K).
 * :mod:`~bq_jax.geometry.sweep`: :func:`sweep_logits`, :func:`sweep_labels` (V variants x
   R x R points in one jitted, chunked call, sharded over devices with ``mesh=``),
   :func:`evaluate_logits`, :func:`device_mesh`.
@@ -40,6 +43,7 @@ from bq_jax.geometry.compare import (
     compare_models,
     compare_records,
 )
+from bq_jax.geometry.families import FAMILY_KINDS, FAMILY_METRICS, family_metrics, slice_family
 from bq_jax.geometry.local import (
     GRAD_TOL,
     MarginRadius,
@@ -95,6 +99,8 @@ __all__ = [
     "ClassSkips",
     "DEFAULT_SEGMENT_POINTS",
     "Fragmentation",
+    "FAMILY_KINDS",
+    "FAMILY_METRICS",
     "GRAD_TOL",
     "MarginRadius",
     "SEGMENT_KEYS",
@@ -116,6 +122,7 @@ __all__ = [
     "default_chunk_size",
     "device_mesh",
     "evaluate_logits",
+    "family_metrics",
     "flip_rate",
     "fragmentation",
     "grid_change",
@@ -137,6 +144,7 @@ __all__ = [
     "segment_labels",
     "segment_points",
     "soft_boundary_mask",
+    "slice_family",
     "soft_jaccard",
     "stack_slices",
     "sweep_labels",

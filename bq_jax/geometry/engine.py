@@ -41,7 +41,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bq_jax._src.checks import check_int
-from bq_jax.geometry.metrics import margin
+from bq_jax.geometry.metrics import (
+    boundary_jaccard_distance,
+    boundary_mask,
+    grid_change,
+    margin,
+    triple_junction_count,
+)
 from bq_jax.geometry.slices import Slice, stack_slices
 
 __all__ = [
@@ -56,6 +62,9 @@ __all__ = [
     "eval_jit",
     "run_sweep",
     "run_eval",
+    "FAMILY_METRICS",
+    "family_metrics_jit",
+    "run_family_metrics",
     "margin_radius_jit",
     "variant_local_jit",
     "MESH_AXIS",
@@ -326,6 +335,51 @@ def eval_impl(params_stack, x, *, apply_fn, chunk_size, mode, labels):
 _STATIC = ("apply_fn", "chunk_size", "mode", "labels")
 sweep_jit = jax.jit(sweep_impl, static_argnames=_STATIC)
 eval_jit = jax.jit(eval_impl, static_argnames=_STATIC)
+
+
+# -- slice families: per-slice metrics, memory flat in the number of slices ------------------
+
+#: Per-slice metrics of :func:`family_metrics_jit`, each ``[S, V]`` (``float_`` ones ``[S]``).
+FAMILY_METRICS = ("boundary_jaccard_distance", "grid_change", "triple_junction_count")
+
+
+def _family_metrics_impl(float_stack, params_stack, slc, *, apply_fn, chunk_size, mode):
+    """Per-slice metrics of V variants against the float model on a stacked slice.
+
+    ``lax.map`` over the S slices: slice ``s``'s float and variant label maps are swept with
+    :func:`sweep_impl` (the same chunked loop as a single-slice sweep, so the maps are the
+    single-slice ones bit for bit), reduced to the metrics of :data:`FAMILY_METRICS`, and
+    dropped; only ``[S, V]`` numbers leave the loop, so memory beyond them is one slice's maps
+    ``[V + 1, R, R]`` and one chunk, whatever S is.
+    """
+
+    def one(s):
+        fl, f_ok = sweep_impl(
+            float_stack, s, apply_fn=apply_fn, chunk_size=chunk_size, mode=mode, labels=True
+        )
+        ql, q_ok = sweep_impl(
+            params_stack, s, apply_fn=apply_fn, chunk_size=chunk_size, mode=mode, labels=True
+        )
+        fl = fl[0]
+        out = {
+            "boundary_jaccard_distance": boundary_jaccard_distance(
+                boundary_mask(fl), boundary_mask(ql)
+            ),
+            "grid_change": grid_change(fl, ql),
+            "triple_junction_count": triple_junction_count(ql),
+            "float_triple_junction_count": triple_junction_count(fl),
+        }
+        return out, f_ok[0] & q_ok
+
+    return lax.map(one, slc)
+
+
+#: ``family_metrics_jit(float_stack, params_stack, slc, *, apply_fn, chunk_size, mode)`` ->
+#: ``(metrics, finite)``: ``metrics`` maps each name of :data:`FAMILY_METRICS` to ``[S, V]``
+#: (and ``float_triple_junction_count`` to ``[S]``), ``finite`` bool[S, V]; ``slc`` stacked.
+family_metrics_jit = jax.jit(
+    _family_metrics_impl, static_argnames=("apply_fn", "chunk_size", "mode")
+)
 
 
 # -- device-parallel evaluation (jax.sharding) ------------------------------------------------
@@ -642,6 +696,24 @@ def run_eval(
     if check_finite:
         _raise_nonfinite(finite, "on the inputs", names)
     return out
+
+
+def run_family_metrics(
+    apply_fn, float_params, params_stack, slc, chunk_size, variant_batching, names=None
+) -> dict[str, np.ndarray]:
+    """Host entry of :data:`family_metrics_jit` (see
+    :func:`~bq_jax.geometry.family_metrics`): checks the arguments, runs the one jitted call,
+    raises on NaN/inf logits (naming slice and variant) and returns numpy arrays."""
+    slc = _as_slice(slc)
+    if not slc.stacked:
+        slc = stack_slices([slc])
+    float_stack = jax.tree.map(lambda l: jnp.expand_dims(jnp.asarray(l), 0), float_params)
+    mode, chunk = _plan(apply_fn, params_stack, slc.dim, chunk_size, variant_batching)
+    metrics, finite = family_metrics_jit(
+        float_stack, params_stack, slc, apply_fn=apply_fn, chunk_size=chunk, mode=mode
+    )
+    _raise_nonfinite(finite, "on the slice grid", names)
+    return {k: np.asarray(v) for k, v in metrics.items()}
 
 
 # -- local geometry (margin gradients at inputs) ---------------------------------------------

@@ -9,6 +9,12 @@ compiled code as long as ``apply_fn`` is the same object (a fresh ``lambda`` per
 retraces). ``variant_batching="auto"`` evaluates the variants one after another on CPU
 (``"map"``) and together (``"vmap"``) on accelerators.
 
+A stacked slice (S planes, e.g. a :func:`~bq_jax.geometry.slice_family`) is one call too: the
+planes are looped (``lax.fori_loop``) inside it, each swept by the same chunked loop as a single
+plane, so plane ``s`` of the output equals a single-plane sweep of it bit for bit and the scratch
+memory does not grow with S; the output itself is ``S x V x R^2``. When only per-plane metrics
+are needed, :func:`~bq_jax.geometry.family_metrics` keeps ``[S, V]`` numbers instead.
+
 Several devices (``mesh=``): the work -- (slice, variant or variant group, block of points)
 items -- is split over the devices of a :class:`jax.sharding.Mesh` with ``jax.shard_map``
 (parameters and slices are replicated: they are small next to the grid), each device runs the

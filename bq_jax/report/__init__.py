@@ -21,6 +21,7 @@ from bq_jax.report.figures import (
     plot_curves,
     plot_metric_vs_bits,
     plot_scatter,
+    plot_slice_values,
 )
 from bq_jax.report.io import (
     FIGURE_DPI,
@@ -62,6 +63,7 @@ __all__ = [
     "plot_curves",
     "plot_metric_vs_bits",
     "plot_scatter",
+    "plot_slice_values",
     "read_json",
     "save_figure",
     "to_jsonable",

@@ -41,6 +41,7 @@ __all__ = [
     "plot_metric_vs_bits",
     "plot_scatter",
     "plot_curves",
+    "plot_slice_values",
 ]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, black last (lines, markers, series).
@@ -714,5 +715,96 @@ def plot_curves(
     if title:
         ax.set_title(title, fontsize=_LABEL_SIZE)
     _style_axes(ax)
+    ax.legend(fontsize=_LEGEND_SIZE, frameon=False)
+    return fig
+
+
+def plot_slice_values(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[Sequence[float]]],
+    *,
+    ylabel: str,
+    intervals: Mapping[str, Sequence[tuple[float, float] | None]] | None = None,
+    threshold: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Strip plot of per-slice values: one column of dots per (group, series), e.g. the
+    calibration and the held-out boundary Jaccard distance of each plane of a slice family, for
+    every quantized variant.
+
+    Each series (e.g. ``"calibration"``, ``"heldout"``) gets one colour and a small horizontal
+    offset; its dots are jittered deterministically (a fixed pattern, no RNG) so that equal
+    values stay visible. The mean of each column is a black bar; ``intervals`` (per series, one
+    ``(low, high)`` or None per group) are drawn as vertical lines through it.
+
+    Args:
+        groups: x-axis labels, one per group (e.g. ``"8b"``, ``"4b adaround"``).
+        series: series name -> one sequence of per-slice values per group (finite).
+        ylabel: the metric key.
+        intervals: series name -> per-group confidence intervals of the mean.
+        threshold: draw a dashed horizontal line (e.g. tau_J).
+        title: axes title.
+
+    Returns:
+        A ``Figure`` with one axes.
+
+    Raises:
+        ValueError: no groups, a series whose length differs from ``groups``, non-finite values.
+
+    Example:
+        >>> fig = plot_slice_values(["8b", "4b"], {"calibration": [[0.1, 0.2], [0.5, 0.7]],
+        ...                                        "heldout": [[0.15, 0.1], [0.6, 0.8]]},
+        ...                         ylabel="boundary_jaccard_distance")
+        >>> len(fig.axes[0].get_xticklabels())
+        2
+    """
+    groups = [str(g) for g in groups]
+    if not groups or not series:
+        raise ValueError("plot_slice_values needs at least one group and one series")
+    for name, vals in series.items():
+        if len(vals) != len(groups):
+            raise ValueError(
+                f"series {name!r} has {len(vals)} value lists for {len(groups)} groups"
+            )
+        for v in vals:
+            if not np.all(np.isfinite(np.asarray(v, np.float64))):
+                raise ValueError(f"series {name!r} holds NaN or inf")
+    fig = _new_figure(max(5.0, 0.75 * len(groups) + 2.0), 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    _style_axes(ax)
+    names = list(series)
+    width = 0.7 / len(names)
+    for s, name in enumerate(names):
+        color = OKABE_ITO[s % len(OKABE_ITO)]
+        offset = (s - (len(names) - 1) / 2) * width
+        for g, vals in enumerate(series[name]):
+            v = np.asarray(vals, np.float64)
+            jitter = ((np.arange(v.size) * 0.618034) % 1.0 - 0.5) * width * 0.6
+            x0 = g + offset
+            ax.scatter(
+                x0 + jitter,
+                v,
+                s=9,
+                color=color,
+                alpha=0.6,
+                linewidths=0,
+                label=name if g == 0 else None,
+            )
+            if v.size:
+                ax.hlines(
+                    v.mean(), x0 - width * 0.4, x0 + width * 0.4, color="black", linewidth=1.2
+                )
+            iv = None if intervals is None else intervals.get(name, [None] * len(groups))[g]
+            if iv is not None and None not in iv:
+                ax.vlines(x0, iv[0], iv[1], color="black", linewidth=1.0)
+    if threshold is not None:
+        ax.axhline(threshold, color="#555555", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(
+        groups, rotation=45 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center"
+    )
+    ax.set_ylabel(ylabel, fontsize=_LABEL_SIZE)
+    if title:
+        ax.set_title(title, fontsize=_TITLE_SIZE)
     ax.legend(fontsize=_LEGEND_SIZE, frameon=False)
     return fig

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from bq_jax._src.checks import check_fraction, check_int, is_real
+from bq_jax._src.checks import check_choice, check_float, check_fraction, check_int, is_real
 from bq_jax.data import DATASETS
+from bq_jax.geometry import FAMILY_KINDS
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "PAPER_STUDIES",
     "MIN_BITS",
     "MAX_BITS",
+    "STOPPING_BOUNDS",
     "BaseConfig",
     "StudyConfig",
     "StudyError",
@@ -30,6 +32,8 @@ PAPER_STUDIES = ("bits_sweep", "interpolation", "stopping", "rounding", "correla
 #: Bit widths a study accepts. Below 2 bits a symmetric signed grid has no non-zero positive level.
 MIN_BITS = 2
 MAX_BITS = 16
+#: Values of ``stopping_bound``: which end of a calibration estimate the stopping rules use.
+STOPPING_BOUNDS = ("mean", "upper")
 
 
 def check_seeds(seeds) -> None:
@@ -156,12 +160,35 @@ class StudyConfig(BaseConfig):
     # fraction of pairs whose count changed is read in whole percent; the cost is 100 x 64 inputs
     # per width, small next to the slice grid).
     segment_pairs: int = 100
+    # Kind of the calibration and held-out slice families of the stopping, rounding and
+    # correlation studies: planes through three random inputs of the split (the "plane through
+    # three images" of decision-boundary studies). Each plane is an independent draw anchored on
+    # real inputs, where a boundary move can change a prediction; a PCA plane is one plane per
+    # split, and a random plane through the mean passes far from most inputs in 64+ dimensions.
+    slice_family: str = "triplet"
+    # Planes K per family: the resampling unit of every slice-metric interval. 16 planes bring
+    # the standard error of a mean to a quarter of one plane's spread.
+    slice_count: int = 16
+    # Side R of every family plane's grid. 128: a triplet plane spans three inputs, not the whole
+    # data cloud, so 128 cells per axis resolve its boundaries as finely as 256 do the PCA plane.
+    family_resolution: int = 128
+    # The stopping rules compare the upper confidence bound of each calibration estimate with
+    # their threshold: a width is kept only while the calibration data support it being within
+    # the threshold; the mean would keep widths that are as likely as not beyond it.
+    stopping_bound: str = "upper"
+    # Bootstrap resamples of every percentile interval (interval ends settle by ~2000).
+    bootstrap_resamples: int = 2000
+    # Confidence level of every interval.
+    confidence_level: float = 0.95
 
     QUICK: ClassVar[dict] = {
         "seeds": (0,),
         "resolution": 48,
         "interpolation_steps": 9,
         "rounding_iters": 100,
+        "slice_count": 4,
+        "family_resolution": 32,
+        "bootstrap_resamples": 500,
     }
 
     def __post_init__(self):
@@ -183,6 +210,24 @@ class StudyConfig(BaseConfig):
             raise TypeError("boundary_gap_weight must be a float")
         if not self.boundary_gap_weight >= 0.0:
             raise ValueError(f"boundary_gap_weight must be >= 0, got {self.boundary_gap_weight}")
+        check_choice("slice_family", self.slice_family, FAMILY_KINDS)
+        check_int("slice_count", self.slice_count, 1, 1024)
+        check_int("family_resolution", self.family_resolution, 8, 4096)
+        check_choice("stopping_bound", self.stopping_bound, STOPPING_BOUNDS)
+        check_int("bootstrap_resamples", self.bootstrap_resamples, 100, 1_000_000)
+        check_float(
+            "confidence_level",
+            self.confidence_level,
+            low=0.0,
+            high=1.0,
+            open_low=True,
+            open_high=True,
+        )
+        if self.stopping_bound == "upper" and self.slice_count < 2:
+            raise ValueError(
+                "stopping_bound='upper' needs slice_count >= 2 (one plane has no confidence "
+                f"interval), got slice_count={self.slice_count}; pass stopping_bound='mean'"
+            )
 
     @property
     def bits(self) -> tuple[int, ...]:
@@ -199,6 +244,21 @@ class StudyConfig(BaseConfig):
             f"Slices: PCA planes through the data mean, {self.resolution}x{self.resolution} "
             "grids over the projected data range (boundary Jaccard depends on the resolution: a "
             "finer grid resolves smaller boundary moves).",
+            f"Slice families: {self.slice_count} {self.slice_family!r} planes of the calibration "
+            f"inputs and {self.slice_count} of the held-out inputs (disjoint data, disjoint "
+            f"planes), {self.family_resolution}x{self.family_resolution} grids; a slice metric "
+            "is the mean over a family's planes with its standard error and a "
+            f"{self.confidence_level:g} percentile bootstrap interval over the planes "
+            f"({self.bootstrap_resamples} resamples; pooled over seeds, planes resampled within "
+            "each seed). Rates over examples carry Wilson intervals.",
+            f"Stopping rules compare the {self.stopping_bound} of each calibration estimate "
+            "with their threshold"
+            + (
+                ": a width is kept only while the calibration data support it being within the "
+                "threshold (chosen before any run, not on held-out numbers)."
+                if self.stopping_bound == "upper"
+                else "."
+            ),
             f"tau_J = {self.jaccard_threshold:g}: the quantized and float boundaries share at "
             "least as many cells as they disagree on (the majority-overlap point); fixed before "
             "any run, never tuned on held-out data.",

@@ -5,11 +5,21 @@ Three PCA slices are used, each the plane through the mean of a set of inputs (e
 model sees them) spanned by its two leading principal components, on an R x R grid:
 
 * ``"train"``:       training inputs. The slice of the bit sweep, interpolation and rounding.
-* ``"calibration"``: calibration inputs only. The stopping rules look at nothing else.
-* ``"heldout"``:     held-out inputs. The stopping rules are judged on it.
+* ``"calibration"``: calibration inputs only.
+* ``"heldout"``:     held-out inputs.
+
+The stopping, rounding and correlation studies measure their calibration and held-out slice
+metrics on slice families instead (below): one plane per split is a high-variance measurement.
+
+Slice families (:func:`bq_jax.geometry.slice_family`, ``config.slice_family`` kind,
+``config.slice_count`` planes at ``config.family_resolution``) are drawn from the calibration
+inputs only and from the held-out inputs only (:data:`FAMILY_SPLITS`), each from its own key
+(:meth:`SeedContext.family_key`); their per-slice metrics are memoised per variant.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +29,34 @@ from bq_jax import geometry, ptq, train
 from bq_jax.quant import QuantConfig
 from bq_jax.studies.config import BaseConfig, StudyError
 
-__all__ = ["SeedContext", "SLICE_KINDS", "weight_config"]
+__all__ = [
+    "SeedContext",
+    "SLICE_KINDS",
+    "FAMILY_SPLITS",
+    "FAMILY_SEED",
+    "weight_config",
+    "stable_key",
+]
 
 SLICE_KINDS = ("train", "calibration", "heldout")
+#: Splits a slice family is drawn from (calibration decides, held-out judges).
+FAMILY_SPLITS = ("calibration", "heldout")
+#: Root of the slice families' keys: ``fold_in(fold_in(key(FAMILY_SEED), seed), split index)``.
+FAMILY_SEED = 0x5F1CE
+
+
+def stable_key(seed: int, *parts) -> jax.Array:
+    """A PRNG key determined by ``seed`` and ``parts`` (ints and strings, e.g. a variant key):
+    ``fold_in(key(seed), crc32(repr(parts)))``, the same in every process and call order.
+
+    Example:
+        >>> bool((jax.random.key_data(stable_key(0, "heldout", ("ptq", 4)))
+        ...       == jax.random.key_data(stable_key(0, "heldout", ("ptq", 4)))).all())
+        True
+    """
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF)
+
+
 # Inputs per forward pass when predicting a split (bounded memory on the larger data sets).
 _BATCH = 2048
 
@@ -73,6 +108,8 @@ class SeedContext:
         self._ptq: dict = {}
         self._labels: dict = {}
         self._predictions: dict = {}
+        self._families: dict = {}
+        self._family_metrics: dict = {}
         apply_fn = model.apply_fn
         self._predict = jax.jit(lambda p, x: jnp.argmax(apply_fn(p, x), axis=-1))
         self.float_accuracy = self.accuracy(variables, "heldout", key="float")
@@ -145,6 +182,50 @@ class SeedContext:
 
     def float_labels(self, kind: str) -> np.ndarray:
         return self.labels(kind, "float", self.float_params)
+
+    # -- slice families --------------------------------------------------------------------------
+    def family_key(self, split: str) -> jax.Array:
+        """Key of the slice family of ``split``: ``fold_in(fold_in(key(FAMILY_SEED), seed),
+        index of split in SLICE_KINDS)``."""
+        base = jax.random.fold_in(jax.random.key(FAMILY_SEED), self.seed)
+        return jax.random.fold_in(base, SLICE_KINDS.index(split))
+
+    def family(self, split: str):
+        """The stacked slice family of ``split`` in :data:`FAMILY_SPLITS` (memoised), drawn
+        from that split's inputs only."""
+        if split not in FAMILY_SPLITS:
+            raise ValueError(f"family split must be one of {FAMILY_SPLITS}, got {split!r}")
+        if split not in self._families:
+            cfg = self.config
+            self._families[split] = geometry.slice_family(
+                self.family_key(split),
+                self.inputs(split),
+                kind=cfg.slice_family,
+                count=cfg.slice_count,
+                resolution=cfg.family_resolution,
+            )
+        return self._families[split]
+
+    def family_metrics(self, split: str, keys, variants) -> list[dict]:
+        """Per-slice metrics (:data:`bq_jax.geometry.FAMILY_METRICS`, each float64[K]) of every
+        variant on the family of ``split``, memoised under its key; the variants not yet
+        measured are swept together in one jitted call."""
+        todo = [
+            (k, v)
+            for k, v in zip(keys, variants, strict=True)
+            if (split, k) not in self._family_metrics
+        ]
+        if todo:
+            stack = ptq.stack_params([v for _, v in todo])
+            m = geometry.family_metrics(self.apply_fn, self.float_params, stack, self.family(split))
+            for i, (k, _) in enumerate(todo):
+                self._family_metrics[(split, k)] = {
+                    name: np.asarray(m[name][:, i], np.float64) for name in geometry.FAMILY_METRICS
+                }
+            self._family_metrics[(split, "float")] = {
+                "triple_junction_count": np.asarray(m["float_triple_junction_count"], np.float64)
+            }
+        return [self._family_metrics[(split, k)] for k in keys]
 
     # -- quantized variants ----------------------------------------------------------------------
     def ptq(self, bits: int):

@@ -10,12 +10,21 @@ from __future__ import annotations
 import os
 
 from bq_jax.report import Report, markdown_table, save_figure
-from bq_jax.vocabulary import HYPERPARAMETERS, STD_SUFFIX, metric_format
+from bq_jax.vocabulary import (
+    COUNT_SUFFIX,
+    HIGH_SUFFIX,
+    HYPERPARAMETERS,
+    LOW_SUFFIX,
+    STD_SUFFIX,
+    metric_format,
+)
 
 __all__ = [
     "write_figures",
     "write_report",
     "mean_std_cell",
+    "estimate_cell",
+    "estimate_text",
     "table",
     "fmt_list",
     "compare_sentence",
@@ -35,6 +44,33 @@ def mean_std_cell(row: dict, key: str, fmt: str | None = None) -> str | None:
     if s:
         text += " ± " + format(s, fmt)
     return text
+
+
+def estimate_cell(row: dict, key: str, fmt: str | None = None) -> str | None:
+    """``"mean [low, high]"`` of an estimate ``row[key]`` (its confidence interval, see
+    :mod:`bq_jax.vocabulary`); ``"mean ± std"`` (:func:`mean_std_cell`) for a number without one.
+
+    Example:
+        >>> estimate_cell({"flip_rate": 0.0, "flip_rate_low": 0.0, "flip_rate_high": 0.00846},
+        ...               "flip_rate")
+        '0.0000 [0.0000, 0.0085]'
+    """
+    v = row.get(key)
+    lo, hi = row.get(key + LOW_SUFFIX), row.get(key + HIGH_SUFFIX)
+    if v is None or lo is None or hi is None:
+        return mean_std_cell(row, key, fmt)
+    fmt = metric_format(key) if fmt is None else fmt
+    return f"{format(v, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
+def estimate_text(row: dict, key: str, fmt: str | None = None) -> str:
+    """:func:`estimate_cell` with the number of resampling units, for evidence sentences:
+    ``"0.185 [0.120, 0.250], n = 48"``."""
+    cell = estimate_cell(row, key, fmt)
+    if cell is None:
+        return "undefined"
+    n = row.get(key + COUNT_SUFFIX)
+    return cell if n is None else f"{cell}, n = {n}"
 
 
 def table(sec, rows, columns, *, formats=None, left=TEXT_COLUMNS) -> None:
