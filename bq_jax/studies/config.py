@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from bq_jax._src.checks import check_fraction, check_int, is_real
 from bq_jax.data import DATASETS
+from bq_jax.studies.paper import SETTING_NOTES
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
 __all__ = [
@@ -75,6 +76,7 @@ class BaseConfig:
     # image data sets), a name of bq_jax.data.SUBSETS, or an int k (k training examples per class).
     subset: str | int | None = None
     # Directory of tensorflow-datasets data (mnist, fashion_mnist, cifar10); None: tfds default.
+    # digits and mnist5k are bundled with their packages and ignore it.
     data_dir: str | None = None
     # Show tqdm progress bars.
     progress: bool = True
@@ -206,6 +208,7 @@ class StudyConfig(BaseConfig):
             f"weight {self.boundary_gap_weight:g}.",
             "Seeds change the training initialisation and data order; the data split, slices and "
             "quantizers are deterministic given the trained weights.",
+            *([SETTING_NOTES[self.dataset]] if self.dataset in SETTING_NOTES else []),
         ]
 
 
