@@ -106,7 +106,7 @@ def test_console_script_bad_dataset_no_traceback():
     assert proc.returncode == cli.EXIT_USAGE
     assert proc.stderr.strip().splitlines() == [
         "bq-jax reproduce: error: argument DATASET: unknown data set 'svhn'; choose one of "
-        "digits, mnist, fashion_mnist, cifar10"
+        "digits, mnist, fashion_mnist, cifar10, mnist5k"
     ]
     assert proc.stdout == ""
 

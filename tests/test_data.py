@@ -446,9 +446,11 @@ def test_tfrecord_prepared_data_is_named(tmp_path):
 
 # --------------------------------------------------------------------------------- bad input
 def test_unknown_name_lists_known_names():
-    with pytest.raises(ValueError, match="known data sets: digits, mnist, fashion_mnist, cifar10"):
+    with pytest.raises(
+        ValueError, match="known data sets: digits, mnist, fashion_mnist, cifar10, mnist5k"
+    ):
         load_dataset("imagenet")
-    assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10")
+    assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10", "mnist5k")
 
 
 @pytest.mark.parametrize(

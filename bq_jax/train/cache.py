@@ -69,17 +69,18 @@ def trained_classifier(
     the model description, the training settings and the seed
     (:func:`checkpoint_path`), so any change retrains and nothing is retrained otherwise.
 
-    Defaults: model ``mlp`` for digits, ``cnn`` for mnist / fashion_mnist, ``resnet`` for
-    cifar10 (:data:`DEFAULT_MODELS`, default hyperparameters); training settings
+    Defaults: model ``mlp`` for digits, ``cnn`` for mnist / fashion_mnist / mnist5k,
+    ``resnet`` for cifar10 (:data:`DEFAULT_MODELS`, default hyperparameters); training settings
     :func:`default_train_config`. ``quick=True`` picks the quick training settings and, for the
-    image data sets, the ``"tiny"`` subset (100 train / 20 held-out examples per class); explicit
-    ``train_config`` / ``subset`` take precedence.
+    image data sets (mnist5k included), the ``"tiny"`` subset (100 train / 20 held-out examples
+    per class); explicit ``train_config`` / ``subset`` take precedence.
 
     Args:
-        dataset_name: ``"digits"``, ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
+        dataset_name: ``"digits"``, ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or
+            ``"mnist5k"``.
         seed: training seed (>= 0).
         cache_dir: checkpoint directory (None: :func:`default_cache_dir`).
-        data_dir: tfds data directory for the image data sets.
+        data_dir: tfds data directory for the tfds image data sets.
         model: architecture name (``"mlp"``, ``"cnn"``, ``"resnet"``), a
             :class:`bq_jax.models.Model`, or None for the data set's default.
         train_config: a :class:`TrainConfig`, or None for the data set's default.

@@ -18,7 +18,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 
 #: Architecture trained by default on each data set (names of :func:`bq_jax.models.make_model`).
-DEFAULT_MODELS = {"digits": "mlp", "mnist": "cnn", "fashion_mnist": "cnn", "cifar10": "resnet"}
+DEFAULT_MODELS = {
+    "digits": "mlp",
+    "mnist": "cnn",
+    "fashion_mnist": "cnn",
+    "cifar10": "resnet",
+    "mnist5k": "cnn",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,10 +109,15 @@ class TrainConfig:
 # Defaults per data set. digits: 8.9k-parameter MLP, ~2 s on 2 CPU cores, held-out accuracy
 # ~0.97. mnist / fashion_mnist: small CNN, Adam with cosine decay. cifar10: ResNet-8, SGD with
 # momentum, warm-up, weight decay and flip/crop augmentation (the standard CIFAR recipe).
+# mnist5k: mnist's CNN and Adam recipe on 3500 training images, so more passes with smaller
+# batches (55 steps per epoch): by epoch 10 the training loss is ~0.006 and calibration accuracy
+# 0.968, vs 0.972 after 20 epochs (within the 0.008 standard error of 500 calibration examples)
+# at twice the time (33 s vs 82 s per seed on 2 shared CPU cores); decided on calibration data.
 _DEFAULTS = {
     "digits": dict(epochs=40, batch_size=32, learning_rate=3e-3),
     "mnist": dict(epochs=3, batch_size=128, learning_rate=2e-3),
     "fashion_mnist": dict(epochs=5, batch_size=128, learning_rate=2e-3),
+    "mnist5k": dict(epochs=10, batch_size=64, learning_rate=2e-3),
     "cifar10": dict(
         epochs=15,
         batch_size=128,
@@ -119,14 +130,15 @@ _DEFAULTS = {
     ),
 }
 # quick=True: the same recipe, fewer epochs (smoke tests and demos).
-_QUICK_EPOCHS = {"digits": 20, "mnist": 1, "fashion_mnist": 1, "cifar10": 2}
+_QUICK_EPOCHS = {"digits": 20, "mnist": 1, "fashion_mnist": 1, "cifar10": 2, "mnist5k": 2}
 
 
 def default_train_config(dataset: str, *, quick: bool = False, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` used for ``dataset`` by :func:`trained_classifier`.
 
     Args:
-        dataset: ``"digits"``, ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
+        dataset: ``"digits"``, ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or
+            ``"mnist5k"``.
         quick: fewer epochs, same recipe.
         **overrides: fields to replace.
 
