@@ -10,9 +10,14 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
-def test_the_three_notebooks_exist():
+def test_the_four_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["01_quickstart", "02_custom_rounding_objective", "03_metric_sweep"]
+    assert names == [
+        "01_quickstart",
+        "02_custom_rounding_objective",
+        "03_metric_sweep",
+        "04_bring_your_own_model",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
