@@ -36,8 +36,6 @@ __all__ = [
     "METRICS",
     "HYPERPARAMETERS",
     "STD_SUFFIX",
-    "INTERVAL_SUFFIXES",
-    "PER_SLICE_SUFFIX",
     "N_SEEDS",
     "SE_SUFFIX",
     "LOW_SUFFIX",
@@ -56,10 +54,6 @@ SPLITS = ("train", "calibration", "heldout")
 
 #: Suffix of the standard deviation over seeds of an aggregated number ``x``.
 STD_SUFFIX = "_std"
-#: Suffixes of the low and high ends of a within-seed confidence interval of ``x``.
-INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
-#: Suffix of the per-plane values of a slice metric ``x`` measured on a stack of planes.
-PER_SLICE_SUFFIX = "_per_slice"
 #: Key of the number of seeds behind an aggregated row.
 N_SEEDS = "n_seeds"
 #: Suffixes of an estimate ``x``: standard error, interval bounds, resampling units, unit values.
@@ -258,7 +252,6 @@ METRICS: dict[str, Term] = {
         "s",
     ),
     "num_weights": Term("weights of the layer (of every weight layer for scope all)", "d"),
-    "num_slices": Term("planes a slice metric is averaged over (its interval's n)", "d"),
     "budget": Term("average bits per weight (weighted by weight count) an allocation may use", "d"),
     "allocation": Term(
         "mixed (per-layer widths chosen greedily on calibration planes), uniform (every layer "
@@ -284,7 +277,6 @@ METRICS: dict[str, Term] = {
     ),
     "flip_rate_difference": Term("flip_rate of mixed minus uniform, paired by held-out example"),
     "accuracy_difference": Term("accuracy of mixed minus uniform, paired by held-out example"),
-    "num_pairs": Term("paired units behind a pooled difference", "d"),
     "seeds_mixed_better": Term(
         "seeds whose mean held-out boundary Jaccard difference (mixed - uniform) is below 0", "d"
     ),

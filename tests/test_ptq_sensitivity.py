@@ -1,6 +1,6 @@
 """ptq.sensitivity: per-layer sensitivity against a direct computation (layers quantized by hand,
-one geometry.compare call), the intervals against their formulas, the greedy allocation against
-brute force and on a constructed model whose right answer is known."""
+geometry.compare plane by plane), the estimates against bq_jax.stats and their formulas, the
+greedy allocation against brute force and on a constructed model whose right answer is known."""
 
 import itertools
 import math
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bq_jax import geometry, ptq, quant
+from bq_jax import geometry, ptq, quant, stats
 
 CFG3 = quant.QuantConfig(bits=3, symmetric=True, granularity="per_channel")
 SIZES = (4, 8, 8, 3)  # a 4 -> 8 -> 8 -> 3 MLP: three kernels of 32, 64 and 24 weights
@@ -42,13 +42,15 @@ def setup():
     x = rng.normal(size=(400, 4)).astype(np.float32)
     y = np.asarray(jnp.argmax(mlp(params, x[:250]), -1)).astype(np.int32)
     y[::7] = (y[::7] + 1) % 3  # some float errors, so accuracy is not 1
-    planes = geometry.stack_slices(
-        [
-            geometry.pca_slice(x, resolution=16),
-            geometry.random_slice(jax.random.key(0), x, resolution=16),
-        ]
+    # a slice family of the held-out inputs, as the sensitivity study uses
+    planes = geometry.slice_family(
+        jax.random.key(0), x[:250], kind="triplet", count=3, resolution=16
     )
     return params, x[:250], y, x[250:], planes
+
+
+K = 3  # planes of the fixture's family
+KEY = jax.random.key(7)
 
 
 LAYERS = ["params/Dense_0/kernel", "params/Dense_1/kernel", "params/Dense_2/kernel"]
@@ -74,7 +76,14 @@ def _hand(params, quantized):
 def test_layer_sensitivity_matches_hand_quantized_layers_and_one_compare(setup):
     params, xh, yh, xc, planes = setup
     rows = ptq.layer_sensitivity(
-        mlp, params, configs=CFG3, slices=planes, heldout_x=xh, heldout_y=yh, calibration_x=xc
+        mlp,
+        params,
+        configs=CFG3,
+        slices=planes,
+        heldout_x=xh,
+        heldout_y=yh,
+        calibration_x=xc,
+        key=KEY,
     )
     assert [(r["layer"], r["scope"]) for r in rows] == [
         *((p, "only") for p in LAYERS),
@@ -84,19 +93,25 @@ def test_layer_sensitivity_matches_hand_quantized_layers_and_one_compare(setup):
     quantized = [[p] for p in LAYERS] + [[q for q in LAYERS if q != p] for p in LAYERS] + [LAYERS]
     variants = [_hand(params, q) for q in quantized]
     stack = ptq.stack_params(variants)
-    direct = [geometry.compare(mlp, params, stack, planes[k], xh, xc) for k in range(2)]
+    direct = [geometry.compare(mlp, params, stack, planes[k], xh, xc) for k in range(K)]
     for i, (row, q, v) in enumerate(zip(rows, quantized, variants, strict=True)):
-        assert row["bits"] == 3 and row["num_slices"] == 2
+        assert row["bits"] == 3 and row["boundary_jaccard_distance_n"] == K
         assert row["num_weights"] == (
             sum((32, 64, 24))
             if row["layer"] is None
             else {LAYERS[0]: 32, LAYERS[1]: 64, LAYERS[2]: 24}[row["layer"]]
         )
         # the same numbers as compare() on the hand-quantized variant, plane by plane
+        # (family_metrics and compare are separate code paths over the same label maps)
         per_plane = [float(d["boundary_jaccard_distance"][i]) for d in direct]
-        assert row["boundary_jaccard_distance_per_slice"] == per_plane
-        assert row["boundary_jaccard_distance"] == pytest.approx(np.mean(per_plane), abs=1e-12)
-        assert row["grid_change_per_slice"] == [float(d["grid_change"][i]) for d in direct]
+        assert row["boundary_jaccard_distance_values"] == pytest.approx(per_plane, abs=1e-7)
+        assert row["boundary_jaccard_distance"] == pytest.approx(np.mean(per_plane), abs=1e-7)
+        assert row["grid_change_values"] == pytest.approx(
+            [float(d["grid_change"][i]) for d in direct], abs=1e-7
+        )
+        assert row["triple_junction_count_values"] == [
+            float(d["triple_junction_count"][i]) for d in direct
+        ]
         for key in ("flip_rate", "band_flip_rate", "pair_order_flip"):
             assert row[key] == pytest.approx(float(direct[0][key][i]), abs=1e-6), key
         assert row["median_local_shift"] == pytest.approx(float(direct[0]["median_local_shift"][i]))
@@ -121,11 +136,11 @@ def test_layer_sensitivity_matches_hand_quantized_layers_and_one_compare(setup):
     )
 
 
-def test_intervals_follow_their_formulas(setup):
+def test_estimates_are_the_stats_estimators_and_follow_their_formulas(setup):
     params, xh, yh, xc, planes = setup
-    # the 7 variants of the test above (same shapes: compare's compiled code is reused)
+    # the 7 variants of the test above (same shapes: the compiled code is reused)
     quantized = [[p] for p in LAYERS] + [[q for q in LAYERS if q != p] for p in LAYERS] + [LAYERS]
-    row = ptq.measure_variants(
+    rows = ptq.measure_variants(
         mlp,
         params,
         [_hand(params, q) for q in quantized],
@@ -133,28 +148,48 @@ def test_intervals_follow_their_formulas(setup):
         heldout_x=xh,
         heldout_y=yh,
         calibration_x=xc,
+        key=KEY,
+        n_resamples=300,
         level=0.9,
-    )[-1]
-    vals = np.asarray(row["boundary_jaccard_distance_per_slice"])
-    half = sps.t.ppf(0.95, 1) * vals.std(ddof=1) / math.sqrt(2)
-    assert row["boundary_jaccard_distance_ci_low"] == pytest.approx(max(vals.mean() - half, 0.0))
-    assert row["boundary_jaccard_distance_ci_high"] == pytest.approx(min(vals.mean() + half, 1.0))
-    # Wilson interval of the flip rate over the held-out examples
+    )
+    v = len(rows) - 1
+    row = rows[v]
+    # a slice metric: bq_jax.stats.mean_estimate over the planes with the documented key
+    for m, name in enumerate(ptq.SLICE_METRICS):
+        vals = np.asarray(row[name + "_values"], np.float32)
+        est = stats.mean_estimate(
+            jax.random.fold_in(jax.random.fold_in(KEY, v), m), vals, n_resamples=300, level=0.9
+        ).to_dict(name)
+        assert {k: row[k] for k in est} == est, name
+        # and the formulas: mean, se = s / sqrt(K) (ddof 1), n = K
+        assert row[name] == pytest.approx(float(vals.mean()), rel=1e-6)
+        assert row[name + "_se"] == pytest.approx(float(vals.std(ddof=1)) / math.sqrt(K), rel=1e-5)
+        assert row[name + "_n"] == K
+        assert row[name + "_low"] <= row[name] <= row[name + "_high"]
+    # a rate: the Wilson interval over the held-out examples (formula, scipy's binomtest)
     n, k = 250, round(row["flip_rate"] * 250)
+    assert row["flip_rate"] == k / n and row["flip_rate_n"] == n and k > 0
     z = sps.norm.ppf(0.95)
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     hw = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    assert row["flip_rate_ci_low"] == pytest.approx(max(centre - hw, 0.0), abs=1e-12)
-    assert row["flip_rate_ci_high"] == pytest.approx(centre + hw, abs=1e-12)
-    assert row["confidence_level"] == 0.9
-    # textbook values: Wilson 95 % for 0/10 and 5/10
-    assert ptq.wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    assert ptq.mean_interval([1.0]) == (1.0, None, None)
-    with pytest.raises(ValueError, match="successes"):
-        ptq.wilson_interval(11, 10)
-    with pytest.raises(ValueError, match="level"):
-        ptq.mean_interval([1.0, 2.0], level=1.0)
+    assert row["flip_rate_low"] == pytest.approx(max(centre - hw, 0.0), abs=2e-6)
+    assert row["flip_rate_high"] == pytest.approx(centre + hw, abs=2e-6)
+    assert row["flip_rate_se"] == pytest.approx(math.sqrt(p * (1 - p) / n), abs=1e-7)
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=0.9, method="wilson")
+    assert (row["flip_rate_low"], row["flip_rate_high"]) == pytest.approx(
+        (ci.low, ci.high), abs=2e-6
+    )
+    # accuracy and the band rates are Wilson estimates over their own examples
+    assert row["accuracy_n"] == n and row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+    assert row["band_flip_rate_n"] == row["pair_order_flip_n"] == row["band_size"] > 0
+    kb = round(row["band_flip_rate"] * row["band_size"])
+    assert row["band_flip_rate_high"] == pytest.approx(
+        float(stats.wilson_interval(kb, row["band_size"], level=0.9).high)
+    )
+    # one vocabulary: no key of the row uses a suffix outside bq_jax.vocabulary's
+    assert not any(key.endswith(("_ci_low", "_ci_high", "_per_slice")) for key in row)
+    assert not hasattr(ptq, "mean_interval") and not hasattr(ptq, "wilson_interval")
 
 
 def test_layer_names_and_errors(setup):
@@ -179,6 +214,7 @@ def test_layer_names_and_errors(setup):
             heldout_x=xh,
             heldout_y=yh,
             calibration_x=xc,
+            key=KEY,
             layers=["Dense_9"],
         )
     with pytest.raises(ValueError, match="scope must be one of"):
@@ -190,6 +226,7 @@ def test_layer_names_and_errors(setup):
             heldout_x=xh,
             heldout_y=yh,
             calibration_x=xc,
+            key=KEY,
             scopes=("some",),
         )
     with pytest.raises(ValueError, match="heldout_y must be labels"):
@@ -201,6 +238,7 @@ def test_layer_names_and_errors(setup):
             heldout_x=xh,
             heldout_y=yh[:-1],
             calibration_x=xc,
+            key=KEY,
         )
     with pytest.raises(ValueError, match="unknown layer"):
         ptq.quantize_layers(params, {"params/Dense_0/bias": CFG3})
@@ -336,6 +374,19 @@ def test_allocation_narrows_the_lossless_layer_first_and_meets_the_budget(setup)
     assert [s["score"] for s in alloc.steps[:2]] == [start] * 2
     # not a tie: narrowing either other layer first moves the calibration boundary
     assert min(score([(3, 8, 8), (8, 8, 3)])) > start
+    # the score is the mean over the planes of compare()'s boundary Jaccard distance
+    variant = ptq.quantize_layers(
+        params, {LAYERS[0]: configs[3], LAYERS[1]: configs[8], LAYERS[2]: configs[8]}
+    )
+    direct = [
+        float(
+            geometry.compare(mlp, params, ptq.stack_params([variant]), slc, xh, xc)[
+                "boundary_jaccard_distance"
+            ][0]
+        )
+        for slc in planes
+    ]
+    assert score([(3, 8, 8)])[0] == pytest.approx(np.mean(direct), abs=1e-7)
     assert alloc.calibration_score == score([tuple(alloc.bits[p] for p in LAYERS)])[0]
     with pytest.raises(ValueError, match="QuantConfig of that width"):
         ptq.allocate_bits(

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from bq_jax import cli, vocabulary
-from bq_jax.ptq import mean_interval
+from bq_jax import cli, stats, vocabulary
 from bq_jax.studies import SensitivityConfig, make_config
+from bq_jax.studies.context import stable_key
+from bq_jax.studies.stopping import AGGREGATE_SEED
 
 LAYERS = ["params/Dense_0/kernel", "params/Dense_1/kernel", "params/Dense_2/kernel"]
 
@@ -18,15 +19,13 @@ LAYERS = ["params/Dense_0/kernel", "params/Dense_1/kernel", "params/Dense_2/kern
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sens") / "digits"
     argv = ["sensitivity", "digits", "--quick", "--no-progress", "--out", str(out)]
-    assert cli.main([*argv, "--resolution", "16", "--num-slices", "2"]) == cli.EXIT_OK
+    flags = ["--resolution", "16", "--family-resolution", "16", "--slice-count", "2"]
+    assert cli.main([*argv, *flags]) == cli.EXIT_OK
     return out
 
 
 def _base(key: str) -> str:
-    key = key.removesuffix(vocabulary.STD_SUFFIX)
-    for suffix in (*vocabulary.INTERVAL_SUFFIXES, vocabulary.PER_SLICE_SUFFIX):
-        key = key.removesuffix(suffix)
-    return key
+    return vocabulary.metric_base(key)
 
 
 def test_quick_run_rows_allocations_and_differences(quick_run):
@@ -41,11 +40,19 @@ def test_quick_run_rows_allocations_and_differences(quick_run):
     assert [(r["bits"], r["scope"], r["layer"]) for r in seed["layer_rows"]] == [
         (b, s, p) for b in cfg.layer_bits for s in ("only", "all_but") for p in LAYERS
     ] + [(b, "all", None) for b in cfg.layer_bits]
+    jac = "heldout_boundary_jaccard_distance"
     for r in seed["layer_rows"]:
-        assert len(r["heldout_boundary_jaccard_distance_per_slice"]) == r["num_slices"] == 2
-        assert 0.0 <= r["heldout_boundary_jaccard_distance"] <= 1.0
-        assert r["flip_rate_ci_low"] <= r["flip_rate"] <= r["flip_rate_ci_high"]
+        assert len(r[jac + "_values"]) == r[jac + "_n"] == 2
+        assert r[jac] == pytest.approx(np.mean(r[jac + "_values"]), abs=1e-7)
+        assert 0.0 <= r[jac] <= 1.0
+        assert r["flip_rate_low"] <= r["flip_rate"] <= r["flip_rate_high"]
+        assert r["flip_rate_n"] == seed["num_heldout_examples"]
         assert 0.5 < r["accuracy"] <= 1.0 and r["sqnr_db"] > 5.0
+    # aggregated rows: one seed, so the pooled estimates are that seed's (same formulas)
+    for r, r_seed in zip(agg["layer_rows"], seed["layer_rows"], strict=True):
+        assert r[jac] == pytest.approx(r_seed[jac]) and r[jac + "_n"] == 2
+        assert r["flip_rate_n"] == r_seed["flip_rate_n"]
+        assert r["flip_rate_high"] == pytest.approx(r_seed["flip_rate_high"], abs=1e-7)
     # allocations: within budget; uniform rows sit exactly at the budget
     for a in seed["allocations"]:
         bits = a["bits_per_layer"]
@@ -67,24 +74,36 @@ def test_quick_run_rows_allocations_and_differences(quick_run):
             assert r["calibration_boundary_jaccard_distance"] == pytest.approx(
                 alloc["calibration_boundary_jaccard_distance"]
             )
-    # paired differences: per plane mixed - uniform, and the pooled estimates from the counts
+    # paired differences: per plane mixed - uniform, and the pooled estimates recomputed with
+    # bq_jax.stats from the per-seed numbers and the documented keys
+    diff_key = "heldout_boundary_jaccard_distance_difference"
     for d_seed, d in zip(seed["differences"], agg["differences"], strict=True):
         b = d["budget"]
         m, u = rows[(b, "mixed")], rows[(b, "uniform")]
-        key = "heldout_boundary_jaccard_distance_per_slice"
-        diff = np.subtract(m[key], u[key])
-        np.testing.assert_allclose(
-            d_seed["heldout_boundary_jaccard_distance_difference_per_slice"], diff
-        )
-        est = mean_interval(diff, level=0.95, bounds=(-1.0, 1.0))
-        assert d["heldout_boundary_jaccard_distance_difference"] == pytest.approx(est[0])
-        assert d["heldout_boundary_jaccard_distance_difference_ci_high"] == pytest.approx(est[2])
+        diff = np.subtract(m[jac + "_values"], u[jac + "_values"])
+        np.testing.assert_allclose(d_seed[diff_key + "_values"], diff, atol=1e-7)
+        resamples = cfg.bootstrap_resamples
+        est = stats.mean_estimate(
+            stable_key(AGGREGATE_SEED, "sensitivity", diff_key, b),
+            np.asarray([d_seed[diff_key + "_values"]], np.float32),
+            n_resamples=resamples,
+        ).to_dict(diff_key)
+        assert {k: d[k] for k in est} == est
         n = d_seed["heldout_size"]
-        flips = (d_seed["mixed_only_flips"] - d_seed["uniform_only_flips"]) / n
-        assert d["flip_rate_difference"] == pytest.approx(flips)
-        assert d["flip_rate_difference"] == pytest.approx(m["flip_rate"] - u["flip_rate"])
-        assert d["accuracy_difference"] == pytest.approx(m["accuracy"] - u["accuracy"])
-        assert d["num_pairs"] == 2 and d["n_seeds"] == 1
+        pos, neg = d_seed["mixed_only_flips"], d_seed["uniform_only_flips"]
+        paired = np.zeros((1, n), np.float32)
+        paired[0, :pos], paired[0, pos : pos + neg] = 1.0, -1.0
+        flip = stats.mean_estimate(
+            stable_key(AGGREGATE_SEED, "sensitivity", "flip_rate_difference", b),
+            paired,
+            n_resamples=resamples,
+        ).to_dict("flip_rate_difference")
+        assert {k: d[k] for k in flip} == flip
+        assert d["flip_rate_difference"] == pytest.approx((pos - neg) / n, abs=1e-7)
+        assert d["flip_rate_difference"] == pytest.approx(m["flip_rate"] - u["flip_rate"], abs=1e-7)
+        assert d["accuracy_difference"] == pytest.approx(m["accuracy"] - u["accuracy"], abs=1e-7)
+        assert d[diff_key + "_n"] == 2 and d["flip_rate_difference_n"] == n
+        assert d["n_seeds"] == 1
     # every key of a row is a word of the vocabulary
     for block in ("layer_rows", "rows"):
         for r in agg[block]:
@@ -130,8 +149,16 @@ def test_config_validation():
         SensitivityConfig(budgets=(8,))  # the widest: nothing to allocate
     with pytest.raises(ValueError, match="layer_bits must be distinct"):
         SensitivityConfig(layer_bits=(4, 4))
-    with pytest.raises(ValueError, match="num_slices"):
-        SensitivityConfig(num_slices=0)
+    with pytest.raises(ValueError, match="slice_count"):
+        SensitivityConfig(slice_count=0)
+    with pytest.raises(ValueError, match="slice_family"):
+        SensitivityConfig(slice_family="grid")
+    with pytest.raises(ValueError, match="resolution must equal family_resolution"):
+        SensitivityConfig(family_resolution=32)
+    # the family fields are StudyConfig's: one definition (FamilyConfig)
+    from bq_jax.studies import FamilyConfig, StudyConfig
+
+    assert issubclass(SensitivityConfig, FamilyConfig) and issubclass(StudyConfig, FamilyConfig)
     with pytest.raises(ValueError, match="confidence_level"):
         SensitivityConfig(confidence_level=1.0)
     with pytest.raises(ValueError, match="candidate_bits needs at least two"):
@@ -140,7 +167,7 @@ def test_config_validation():
 
 @pytest.mark.parametrize(
     "extra, needle",
-    [(["--budgets", "7"], "--budgets"), (["--num-slices", "x"], "--num-slices")],
+    [(["--budgets", "7"], "--budgets"), (["--slice-count", "x"], "--slice-count")],
 )
 def test_bad_flags_one_line(extra, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -8,30 +8,31 @@ does for accuracy, done here for decision geometry:
   by the path rules of :func:`~bq_jax.ptq.quantize_weights`) and every given ``QuantConfig``,
   two PTQ-W variants -- **only** that layer quantized (``scope="only"``) and **all but** that
   layer quantized (``scope="all_but"``) -- plus the reference with every layer quantized
-  (``scope="all"``). All variants are stacked and measured by ONE
-  :func:`bq_jax.geometry.compare` call per slice: weight SQNR, accuracy, held-out flip rate,
-  band flip rate, pair-order flip, local shift and normal variation (held-out points) and the
-  slice metrics (boundary Jaccard distance, grid change, triple junctions) as mean and interval
-  over a stack of planes.
+  (``scope="all"``). All variants are stacked and measured together (:func:`measure_variants`):
+  weight SQNR, accuracy, held-out flip rate, band flip rate, pair-order flip, local shift and
+  normal variation (held-out points, one :func:`bq_jax.geometry.compare` call) and the slice
+  metrics (boundary Jaccard distance, grid change, triple junctions) on every plane of a slice
+  family (one :func:`bq_jax.geometry.family_metrics` call).
 * :func:`allocate_bits`: a greedy mixed-precision allocation that, for an average bit budget
   (weighted by parameter count, :func:`average_bits`), picks per-layer widths from a candidate
   set minimising the CALIBRATION boundary Jaccard distance (:func:`greedy_allocation` is the
   search, on any score; :func:`exhaustive_allocation` the brute-force reference for a few
   layers).
 
-Intervals: a proportion over examples (accuracy, flip rate, band flip rate, pair-order flip)
-gets the Wilson score interval (:func:`wilson_interval`); a slice metric gets the Student-t
-interval of its mean over the planes (:func:`mean_interval`; the plane is the unit). Keys:
-``x_ci_low`` / ``x_ci_high`` (level ``level``), ``x_per_slice`` (the per-plane values),
-``num_slices``.
+Every number is an estimate of :mod:`bq_jax.stats` with the keys of :mod:`bq_jax.vocabulary`
+(``x``, ``x_se``, ``x_low``, ``x_high``, ``x_n``): a rate over examples (accuracy, flip rate,
+band flip rate, pair-order flip) carries the Wilson score interval
+(:func:`bq_jax.stats.wilson_interval`, the example is the unit); a slice metric is the mean over
+the planes of a slice family with its standard error and percentile bootstrap interval
+(:func:`bq_jax.stats.mean_estimate`, the plane is the unit) and keeps its per-plane values
+``x_values``.
 
 References:
     Dong et al., "HAWQ-V2: Hessian Aware trace-Weighted Quantization of Neural Networks",
     NeurIPS 2020 (per-layer sensitivity weighted by parameter count, bit allocation under an
     average-bit budget). Qualcomm AIMET, "Automatic Mixed Precision" and "QuantAnalyzer"
     (per-layer sensitivity with one layer quantized at a time; greedy lowering of the layers
-    whose narrowing costs least). Wilson, "Probable inference, the law of succession, and
-    statistical inference", JASA 1927.
+    whose narrowing costs least).
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from scipy import stats as sps
 
 from bq_jax import geometry, quant
 from bq_jax._src.checks import check_float, check_int
 from bq_jax.ptq.paths import flatten_params, unflatten_params
 from bq_jax.ptq.weights import DEFAULT_TARGETS, quantize_weights, resolve_rules, stack_params
-from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE
+from bq_jax.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, mean_estimate, wilson_interval
+from bq_jax.vocabulary import DEFAULT_BAND_QUANTILE, VALUES_SUFFIX
 
 __all__ = [
     "SCOPES",
@@ -64,34 +65,27 @@ __all__ = [
     "exhaustive_allocation",
     "greedy_allocation",
     "layer_sensitivity",
-    "mean_interval",
     "measure_variants",
     "quantize_layers",
     "resolve_layers",
     "weight_layers",
     "weight_sqnr_db",
-    "wilson_interval",
 ]
 
 #: Variants of :func:`layer_sensitivity`: only this layer quantized, every layer but this one,
 #: every layer (the reference row; its ``layer`` is None).
 SCOPES = ("only", "all_but", "all")
-#: compare() keys measured on the slice grid (-> their range): reported as the mean over planes
-#: with an interval clipped to the range.
-SLICE_METRICS = {
-    "boundary_jaccard_distance": (0.0, 1.0),
-    "grid_change": (0.0, 1.0),
-    "triple_junction_count": (0.0, math.inf),
-}
-#: Proportions over examples (metric -> the compare() key of its denominator): Wilson intervals.
+#: Slice metrics (:func:`bq_jax.geometry.family_metrics`), each reported as the mean over the
+#: planes of a slice family with a bootstrap interval over the planes.
+SLICE_METRICS = geometry.FAMILY_METRICS
+#: Rates over examples (metric -> the compare() key of its denominator): Wilson intervals.
 PROPORTION_METRICS = {
     "accuracy": "heldout_size",
     "flip_rate": "heldout_size",
     "band_flip_rate": "band_size",
     "pair_order_flip": "band_size",
 }
-# compare() keys copied from the first plane's call: held-out point metrics and settings (the
-# same for every plane: they do not look at the slice).
+# compare() keys of the held-out point metrics and the band (they do not look at the slice).
 _POINT_KEYS = (
     "flip_rate",
     "band_flip_rate",
@@ -106,8 +100,6 @@ _POINT_KEYS = (
     "band_size",
     "band_tau",
     "heldout_size",
-    "resolution",
-    "tolerance",
 )
 
 
@@ -238,63 +230,6 @@ def weight_sqnr_db(params, params_q, layers: Sequence[str]) -> float | None:
     return 10.0 * math.log10(sig / err)
 
 
-# ----------------------------------------------------------------------------- intervals
-
-
-def _check_level(level) -> float:
-    return check_float("level", level, low=0.0, high=1.0, open_low=True, open_high=True)
-
-
-def wilson_interval(successes: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (the example is the unit).
-
-    ``p = k/n``, ``z = Phi^-1((1 + level) / 2)``; centre ``(p + z^2/2n) / (1 + z^2/n)``,
-    half-width ``z / (1 + z^2/n) * sqrt(p (1-p) / n + z^2 / 4n^2)`` (Wilson 1927; Brown, Cai &
-    DasGupta 2001 recommend it over the normal interval for small n or p near 0 or 1).
-
-    Example:
-        >>> [round(v, 4) for v in wilson_interval(0, 10)]
-        [0.0, 0.2775]
-    """
-    level = _check_level(level)
-    n = check_int("n", n, 1)
-    k = check_int("successes", successes, 0, n)
-    z = float(sps.norm.ppf(0.5 + level / 2))
-    p = k / n
-    den = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z / den * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def mean_interval(
-    values, *, level: float = 0.95, bounds: tuple[float, float] | None = None
-) -> tuple[float, float | None, float | None]:
-    """Mean of ``values`` and its Student-t interval ``mean -+ t_{(1+level)/2, n-1} s / sqrt(n)``
-    (``s`` the sample std, ddof = 1; each value is one unit, e.g. one plane), its ends clipped
-    to ``bounds`` (the range of the metric, e.g. ``(0, 1)`` for a distance in [0, 1]) when
-    given. With one value the interval is undefined: ``(mean, None, None)``.
-
-    Example:
-        >>> [round(v, 4) for v in mean_interval([0.1, 0.2, 0.3])]
-        [0.2, -0.0484, 0.4484]
-        >>> [round(v, 4) for v in mean_interval([0.1, 0.2, 0.3], bounds=(0.0, 1.0))]
-        [0.2, 0.0, 0.4484]
-    """
-    level = _check_level(level)
-    x = np.asarray(values, np.float64).ravel()
-    if x.size == 0 or not np.all(np.isfinite(x)):
-        raise ValueError(f"mean_interval needs a non-empty array of finite values, got {x}")
-    m = float(x.mean())
-    if x.size < 2:
-        return m, None, None
-    half = float(sps.t.ppf(0.5 + level / 2, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    lo, hi = m - half, m + half
-    if bounds is not None:
-        lo, hi = max(lo, float(bounds[0])), min(hi, float(bounds[1]))
-    return m, lo, hi
-
-
 # ----------------------------------------------------------------------------- sensitivity
 
 
@@ -328,6 +263,13 @@ def _as_slice_list(slices) -> list:
     )
 
 
+def _as_family(slices):
+    """``slices`` as one Slice (stacked, or single) for :func:`bq_jax.geometry.family_metrics`."""
+    if isinstance(slices, geometry.Slice):
+        return slices
+    return geometry.stack_slices(_as_slice_list(slices))
+
+
 def _with_leaves(flat_float: dict, leaves: Mapping[str, Any]):
     flat = dict(flat_float)
     flat.update(leaves)
@@ -343,35 +285,44 @@ def measure_variants(
     heldout_x,
     heldout_y,
     calibration_x,
+    key: jax.Array,
     band_quantile: float = DEFAULT_BAND_QUANTILE,
-    tolerance: int = 0,
-    level: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
     chunk_size: int | None = None,
 ) -> list[dict]:
-    """Every compare() metric of V quantized variants, with intervals, over a stack of planes.
+    """Every metric of V quantized variants against the float model, each with its interval.
 
-    The variants are stacked and measured against the float model ``params`` by one
-    :func:`bq_jax.geometry.compare` call per plane of ``slices``; accuracy comes from the
-    held-out logits (:func:`bq_jax.geometry.evaluate_logits`).
+    The variants are stacked and measured together: the slice metrics by ONE
+    :func:`bq_jax.geometry.family_metrics` call over all planes of ``slices`` (e.g. a
+    :func:`bq_jax.geometry.slice_family`), the point metrics by one
+    :func:`bq_jax.geometry.compare` call (held-out flip rate, band flip rate, pair-order flip,
+    local shift, normal variation, radii, band; they do not depend on the plane, so it is
+    given the first plane), accuracy from the held-out logits
+    (:func:`bq_jax.geometry.evaluate_logits`).
 
-    Each row: ``accuracy``; every point metric of compare() (held-out flip rate, band flip rate,
-    pair-order flip, local shift, normal variation, radii, band and settings; they do not depend
-    on the plane); each metric of :data:`SLICE_METRICS` as the mean over planes with
-    ``_ci_low`` / ``_ci_high`` (:func:`mean_interval` over planes, clipped to the metric's
-    range; None for one plane) and
-    ``_per_slice`` (the values, plane order); Wilson ``_ci_low`` / ``_ci_high``
-    (:func:`wilson_interval`) for each proportion of :data:`PROPORTION_METRICS` over its
-    examples; ``num_slices`` and ``confidence_level``.
+    Each row holds the point metrics of compare() and:
+
+    * every slice metric ``x`` of :data:`SLICE_METRICS` (tolerance 0) as an estimate over the
+      K planes, the plane being the unit: :func:`bq_jax.stats.mean_estimate` (mean, standard
+      error, percentile bootstrap interval) with keys ``x``, ``x_se``, ``x_low``, ``x_high``,
+      ``x_n`` (= K) and the per-plane values ``x_values`` (plane order). Its bootstrap key is
+      ``fold_in(fold_in(key, v), m)`` for variant ``v`` and metric index ``m``;
+    * every rate of :data:`PROPORTION_METRICS` (accuracy and the flip rates) as
+      :func:`bq_jax.stats.wilson_interval` of its count over its examples (the example is
+      the unit; ``x_n`` the examples; an empty band gives ``None``).
 
     Args:
         apply_fn: ``apply_fn(params, x) -> logits`` (the same object across calls).
         params: the float model's variables dict.
         variants: V variables dicts of the structure of ``params``.
-        slices: planes (a Slice, a stacked Slice, or a sequence of Slices).
+        slices: planes: a stacked Slice (a slice family), a Slice, or a sequence of Slices of
+            one resolution.
         heldout_x, heldout_y: inputs and integer labels the point metrics are measured on.
         calibration_x: inputs of the band threshold (calibration split).
-        band_quantile, tolerance, chunk_size: as in :func:`~bq_jax.geometry.compare`.
-        level: confidence level of the intervals, in (0, 1).
+        key: PRNG key of the bootstrap intervals.
+        band_quantile, chunk_size: as in :func:`~bq_jax.geometry.compare`.
+        n_resamples, level: bootstrap resamples and confidence level of every interval.
 
     Returns:
         One row per variant (Python numbers and lists; NaN becomes None).
@@ -383,18 +334,17 @@ def measure_variants(
         >>> w = rng.normal(size=(2, 3)).astype(np.float32)
         >>> x = rng.normal(size=(300, 2)).astype(np.float32)
         >>> y = np.argmax(x @ w, axis=-1)
-        >>> planes = [geometry.pca_slice(x, resolution=16),
-        ...           geometry.random_slice(jax.random.key(0), x, resolution=16)]
+        >>> planes = geometry.slice_family(jax.random.key(0), x, kind="random", count=4,
+        ...                                resolution=16)
         >>> (row,) = measure_variants(apply_fn, {"w": w}, [{"w": np.round(w * 2) / 2}],
         ...                           slices=planes, heldout_x=x[:200], heldout_y=y[:200],
-        ...                           calibration_x=x[200:])
-        >>> row["flip_rate"], row["accuracy"], row["num_slices"]  # 36 and 164 of 200
-        (0.18, 0.82, 2)
-        >>> len(row["boundary_jaccard_distance_per_slice"])
-        2
+        ...                           calibration_x=x[200:], key=jax.random.key(1))
+        >>> row["flip_rate"], row["accuracy"], row["accuracy_n"]  # 36 and 164 of 200
+        (0.18, 0.82, 200)
+        >>> row["boundary_jaccard_distance_n"], len(row["boundary_jaccard_distance_values"])
+        (4, 4)
     """
-    planes = _as_slice_list(slices)
-    level = _check_level(level)
+    family = _as_family(slices)
     if len(variants) == 0:
         raise ValueError("variants is empty; give at least one variables dict")
     heldout_y = np.asarray(heldout_y)
@@ -406,40 +356,39 @@ def measure_variants(
     if not np.issubdtype(heldout_y.dtype, np.integer):
         raise TypeError(f"heldout_y must hold integer labels, got dtype {heldout_y.dtype}")
     stack = stack_params(list(variants))
-    per_plane = [
-        geometry.compare(
-            apply_fn,
-            params,
-            stack,
-            slc,
-            heldout_x,
-            calibration_x,
-            band_quantile=band_quantile,
-            tolerance=tolerance,
-            chunk_size=chunk_size,
-        )
-        for slc in planes
-    ]
+    points = geometry.compare(
+        apply_fn,
+        params,
+        stack,
+        family[0] if family.stacked else family,
+        heldout_x,
+        calibration_x,
+        band_quantile=band_quantile,
+        chunk_size=chunk_size,
+    )
+    planes = geometry.family_metrics(apply_fn, params, stack, family, chunk_size=chunk_size)
     logits = np.asarray(geometry.evaluate_logits(apply_fn, stack, heldout_x, chunk_size=chunk_size))
     correct = np.sum(np.argmax(logits, axis=-1) == heldout_y, axis=-1)
+    n_held = int(heldout_y.shape[0])
     rows = []
     for i in range(len(variants)):
-        row: dict[str, Any] = {"accuracy": float(correct[i]) / heldout_y.shape[0]}
-        for k in _POINT_KEYS:
-            row[k] = _scalar(per_plane[0][k][i])
-        for k, bounds in SLICE_METRICS.items():
-            vals = [float(res[k][i]) for res in per_plane]
-            row[k], row[k + "_ci_low"], row[k + "_ci_high"] = mean_interval(
-                vals, level=level, bounds=bounds
-            )
-            row[k + "_per_slice"] = vals
+        row: dict[str, Any] = {k: _scalar(points[k][i]) for k in _POINT_KEYS}
+        row["accuracy"] = float(correct[i]) / n_held
         for k, n_key in PROPORTION_METRICS.items():
             n = int(row[n_key])
-            count = round(row[k] * n)  # the exact count behind compare()'s float32 ratio
-            row[k] = count / n
-            row[k + "_ci_low"], row[k + "_ci_high"] = wilson_interval(count, n, level=level)
-        row["num_slices"] = len(planes)
-        row["confidence_level"] = level
+            count = 0 if n == 0 else round(row[k] * n)  # the count behind compare()'s ratio
+            row.update(wilson_interval(count, n, level=level).to_dict(k))
+            row[k] = count / n if n else None  # exact (the estimator computes in float32)
+        for m, k in enumerate(SLICE_METRICS):
+            values = np.asarray(planes[k][:, i], np.float32)
+            est = mean_estimate(
+                jax.random.fold_in(jax.random.fold_in(key, i), m),
+                values,
+                n_resamples=n_resamples,
+                level=level,
+            )
+            row.update(est.to_dict(k))
+            row[k + VALUES_SUFFIX] = [float(v) for v in values]
         rows.append(row)
     return rows
 
@@ -453,12 +402,13 @@ def layer_sensitivity(
     heldout_x,
     heldout_y,
     calibration_x,
+    key: jax.Array,
     layers=None,
     scopes: Sequence[str] = SCOPES,
     targets: str | None = DEFAULT_TARGETS,
     band_quantile: float = DEFAULT_BAND_QUANTILE,
-    tolerance: int = 0,
-    level: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
     chunk_size: int | None = None,
 ) -> list[dict]:
     """Decision-geometry sensitivity of each weight layer: only it quantized, all but it.
@@ -467,7 +417,7 @@ def layer_sensitivity(
     ``only``: ``l`` at ``c``, every other weight float; ``all_but``: every weight layer
     (``targets``) at ``c`` except ``l``; and once per config ``all``: every weight layer at
     ``c``. All variants (every config and scope) are measured together by
-    :func:`measure_variants`: one :func:`bq_jax.geometry.compare` call per plane.
+    :func:`measure_variants` (one compare() and one family_metrics() call).
 
     Each row: ``layer`` (leaf path; None for ``all``), ``scope``, ``bits`` (``c.bits``),
     ``num_weights`` (of ``layer``; of all weight layers for ``all``), ``sqnr_db`` (pooled SQNR of
@@ -478,14 +428,16 @@ def layer_sensitivity(
         apply_fn: ``apply_fn(params, x) -> logits`` (the same object across calls).
         params: the float model's variables dict.
         configs: a :class:`~bq_jax.quant.QuantConfig` or a sequence of distinct ones.
-        slices: planes (a Slice, a stacked Slice, or a sequence of Slices).
+        slices: planes: a slice family (stacked Slice, :func:`bq_jax.geometry.slice_family`),
+            a Slice, or a sequence of Slices.
         heldout_x, heldout_y: inputs and integer labels the point metrics are measured on.
         calibration_x: inputs of the band threshold (calibration split).
+        key: PRNG key of the bootstrap intervals (:func:`measure_variants`).
         layers: layer names (:func:`resolve_layers`); None: every weight layer.
         scopes: which of :data:`SCOPES` to measure.
         targets: regex of the weight leaves (as in :func:`~bq_jax.ptq.quantize_weights`).
-        band_quantile, tolerance, chunk_size: as in :func:`~bq_jax.geometry.compare`.
-        level: confidence level of the intervals.
+        band_quantile, chunk_size: as in :func:`~bq_jax.geometry.compare`.
+        n_resamples, level: bootstrap resamples and confidence level of every interval.
 
     Returns:
         Rows, config-major, then scope (:data:`SCOPES` order), then layer.
@@ -499,10 +451,11 @@ def layer_sensitivity(
         >>> x = np.asarray(jax.random.normal(jax.random.key(0), (300, 4)))
         >>> variables = model.init(jax.random.key(1), x)
         >>> y = np.asarray(model.apply(variables, x).argmax(-1))
-        >>> slc = geometry.pca_slice(x, resolution=16)
+        >>> fam = geometry.slice_family(jax.random.key(2), x[:200], kind="triplet", count=3,
+        ...                             resolution=16)
         >>> rows = layer_sensitivity(model.apply, variables, configs=quant.QuantConfig(bits=2),
-        ...                          slices=slc, heldout_x=x[:200], heldout_y=y[:200],
-        ...                          calibration_x=x[200:])
+        ...                          slices=fam, heldout_x=x[:200], heldout_y=y[:200],
+        ...                          calibration_x=x[200:], key=jax.random.key(3))
         >>> [(r["layer"], r["scope"]) for r in rows]  # doctest: +NORMALIZE_WHITESPACE
         [('params/layers_0/kernel', 'only'), ('params/layers_2/kernel', 'only'),
          ('params/layers_0/kernel', 'all_but'), ('params/layers_2/kernel', 'all_but'),
@@ -550,7 +503,8 @@ def layer_sensitivity(
         heldout_y=heldout_y,
         calibration_x=calibration_x,
         band_quantile=band_quantile,
-        tolerance=tolerance,
+        key=key,
+        n_resamples=n_resamples,
         level=level,
         chunk_size=chunk_size,
     )
@@ -774,14 +728,14 @@ def calibration_jaccard_score(
     layers: Sequence[str],
     *,
     targets: str | None = DEFAULT_TARGETS,
-    tolerance: int = 0,
     chunk_size: int | None = None,
 ) -> Callable[[list[tuple[int, ...]]], list[float]]:
     """The score of :func:`allocate_bits`: assignments (widths of ``layers``, in order) ->
-    boundary Jaccard distance to the float model, mean over the planes of ``slices`` (pass
-    planes of the calibration inputs: the score chooses). Weights of ``layers`` use
-    ``configs[width]``; other weight leaves stay float. Every batch of assignments is one
-    :func:`bq_jax.geometry.sweep_labels` call over all planes; scores are memoised.
+    boundary Jaccard distance (tolerance 0) to the float model, mean over the planes of
+    ``slices`` (pass a slice family of the calibration inputs: the score chooses). Weights of
+    ``layers`` use ``configs[width]``; other weight leaves stay float. Every batch of
+    assignments is one :func:`bq_jax.geometry.family_metrics` call over all planes (the engine
+    :func:`measure_variants` judges with); scores are memoised.
 
     Example:
         >>> import flax.linen as nn
@@ -796,17 +750,13 @@ def calibration_jaccard_score(
         >>> s16 < 0.05 < s2
         True
     """
-    planes = geometry.stack_slices(_as_slice_list(slices))
+    planes = _as_family(slices)
     flat = flatten_params(params)
     leaves = {
         (p, b): flatten_params(quantize_layers(params, {p: cfg}, targets=targets))[p]
         for p in layers
         for b, cfg in configs.items()
     }
-    stack_f = stack_params([params])
-    mask_f = geometry.boundary_mask(
-        geometry.sweep_labels(apply_fn, stack_f, planes, chunk_size=chunk_size)
-    )  # [S, 1, R, R]
     memo: dict[tuple[int, ...], float] = {}
 
     def score(assignments: list[tuple[int, ...]]) -> list[float]:
@@ -827,12 +777,9 @@ def calibration_jaccard_score(
                     for a in padded
                 ]
             )
-            labels = geometry.sweep_labels(apply_fn, stack, planes, chunk_size=chunk_size)
-            dist = np.asarray(
-                geometry.boundary_jaccard_distance(
-                    mask_f, geometry.boundary_mask(labels), tolerance=tolerance
-                )
-            )  # [S, V]
+            dist = geometry.family_metrics(apply_fn, params, stack, planes, chunk_size=chunk_size)[
+                "boundary_jaccard_distance"
+            ]  # [K, V]
             for a, d in zip(todo, dist.mean(axis=0)[: len(todo)], strict=True):
                 memo[a] = float(d)
         return [memo[tuple(a)] for a in assignments]
@@ -870,7 +817,6 @@ def allocate_bits(
     budget: float,
     layers=None,
     targets: str | None = DEFAULT_TARGETS,
-    tolerance: int = 0,
     chunk_size: int | None = None,
     score_fn: Callable | None = None,
 ) -> Allocation:
@@ -892,7 +838,7 @@ def allocate_bits(
             sequence). Never pass held-out planes: the score chooses.
         budget: average bits per weight, between the narrowest and widest candidate width.
         layers: layer names (:func:`resolve_layers`); None: every weight layer.
-        targets, tolerance, chunk_size: as in :func:`layer_sensitivity`.
+        targets, chunk_size: as in :func:`layer_sensitivity`.
         score_fn: a score from :func:`calibration_jaccard_score` to reuse (its memo spares
             recomputing the assignments several budgets share); built here when None.
 
@@ -930,7 +876,6 @@ def allocate_bits(
             calibration_slices,
             chosen,
             targets=targets,
-            tolerance=tolerance,
             chunk_size=chunk_size,
         )
     widths, steps = greedy_allocation(score_fn, [sizes[p] for p in chosen], list(configs), budget)

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_BITS",
     "STOPPING_BOUNDS",
     "BaseConfig",
+    "FamilyConfig",
     "StudyConfig",
     "StudyError",
     "default_config",
@@ -133,7 +134,54 @@ def _jsonable(v):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StudyConfig(BaseConfig):
+class FamilyConfig(BaseConfig):
+    """Settings of the studies that measure slice metrics on slice families and report every
+    number as an estimate (:mod:`bq_jax.stats`): the family drawn per split
+    (:func:`bq_jax.geometry.slice_family`) and the intervals. One definition, so the studies'
+    configs cannot drift apart; a study config overrides a default (with its reason) by
+    redeclaring the field.
+
+    Example:
+        >>> cfg = FamilyConfig(slice_count=4)
+        >>> cfg.slice_family, cfg.slice_count, cfg.confidence_level
+        ('triplet', 4, 0.95)
+    """
+
+    # Kind of the calibration and held-out slice families: planes through three random inputs of
+    # the split (the "plane through three images" of decision-boundary studies). Each plane is an
+    # independent draw anchored on real inputs, where a boundary move can change a prediction; a
+    # PCA plane is one plane per split, and a random plane through the mean passes far from most
+    # inputs in 64+ dimensions.
+    slice_family: str = "triplet"
+    # Planes K per family: the resampling unit of every slice-metric interval. 16 planes bring
+    # the standard error of a mean to a quarter of one plane's spread.
+    slice_count: int = 16
+    # Side R of every family plane's grid. 128: a triplet plane spans three inputs, not the whole
+    # data cloud, so 128 cells per axis resolve its boundaries as finely as 256 do the PCA plane.
+    family_resolution: int = 128
+    # Bootstrap resamples of every percentile interval (interval ends settle by ~2000).
+    bootstrap_resamples: int = 2000
+    # Confidence level of every interval.
+    confidence_level: float = 0.95
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("slice_family", self.slice_family, FAMILY_KINDS)
+        check_int("slice_count", self.slice_count, 1, 1024)
+        check_int("family_resolution", self.family_resolution, 8, 4096)
+        check_int("bootstrap_resamples", self.bootstrap_resamples, 100, 1_000_000)
+        check_float(
+            "confidence_level",
+            self.confidence_level,
+            low=0.0,
+            high=1.0,
+            open_low=True,
+            open_high=True,
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StudyConfig(FamilyConfig):
     """Settings of the boundary-aware quantization paper's five studies.
 
     Example:
@@ -165,26 +213,10 @@ class StudyConfig(BaseConfig):
     # fraction of pairs whose count changed is read in whole percent; the cost is 100 x 64 inputs
     # per width, small next to the slice grid).
     segment_pairs: int = 100
-    # Kind of the calibration and held-out slice families of the stopping, rounding and
-    # correlation studies: planes through three random inputs of the split (the "plane through
-    # three images" of decision-boundary studies). Each plane is an independent draw anchored on
-    # real inputs, where a boundary move can change a prediction; a PCA plane is one plane per
-    # split, and a random plane through the mean passes far from most inputs in 64+ dimensions.
-    slice_family: str = "triplet"
-    # Planes K per family: the resampling unit of every slice-metric interval. 16 planes bring
-    # the standard error of a mean to a quarter of one plane's spread.
-    slice_count: int = 16
-    # Side R of every family plane's grid. 128: a triplet plane spans three inputs, not the whole
-    # data cloud, so 128 cells per axis resolve its boundaries as finely as 256 do the PCA plane.
-    family_resolution: int = 128
     # The stopping rules compare the upper confidence bound of each calibration estimate with
     # their threshold: a width is kept only while the calibration data support it being within
     # the threshold; the mean would keep widths that are as likely as not beyond it.
     stopping_bound: str = "upper"
-    # Bootstrap resamples of every percentile interval (interval ends settle by ~2000).
-    bootstrap_resamples: int = 2000
-    # Confidence level of every interval.
-    confidence_level: float = 0.95
 
     QUICK: ClassVar[dict] = {
         "seeds": (0,),
@@ -233,19 +265,7 @@ class StudyConfig(BaseConfig):
             raise TypeError("boundary_gap_weight must be a float")
         if not self.boundary_gap_weight >= 0.0:
             raise ValueError(f"boundary_gap_weight must be >= 0, got {self.boundary_gap_weight}")
-        check_choice("slice_family", self.slice_family, FAMILY_KINDS)
-        check_int("slice_count", self.slice_count, 1, 1024)
-        check_int("family_resolution", self.family_resolution, 8, 4096)
         check_choice("stopping_bound", self.stopping_bound, STOPPING_BOUNDS)
-        check_int("bootstrap_resamples", self.bootstrap_resamples, 100, 1_000_000)
-        check_float(
-            "confidence_level",
-            self.confidence_level,
-            low=0.0,
-            high=1.0,
-            open_low=True,
-            open_high=True,
-        )
         if self.stopping_bound == "upper" and self.slice_count < 2:
             raise ValueError(
                 "stopping_bound='upper' needs slice_count >= 2 (one plane has no confidence "

@@ -8,8 +8,9 @@ model sees them) spanned by its two leading principal components, on an R x R gr
 * ``"calibration"``: calibration inputs only.
 * ``"heldout"``:     held-out inputs.
 
-The stopping, rounding and correlation studies measure their calibration and held-out slice
-metrics on slice families instead (below): one plane per split is a high-variance measurement.
+The stopping, rounding, correlation and sensitivity studies measure their calibration and
+held-out slice metrics on slice families instead (below): one plane per split is a high-variance
+measurement.
 
 Slice families (:func:`bq_jax.geometry.slice_family`, ``config.slice_family`` kind,
 ``config.slice_count`` planes at ``config.family_resolution``) are drawn from the calibration

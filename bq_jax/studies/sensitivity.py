@@ -10,7 +10,7 @@ channel, min-max, round to nearest; biases and activations float):
    (``"all_but"``) and every layer (``"all"``), measured on HELD-OUT data: held-out accuracy,
    flip rate, band flip rate and pair-order flip (band: held-out points with float |margin|
    below the ``band_quantile`` quantile of calibration margins), weight SQNR, and the slice
-   metrics on the held-out planes (``heldout_`` prefix), mean and t interval over the planes.
+   metrics on the held-out planes (``heldout_`` prefix), mean and interval over the planes.
 2. **Mixed precision** (:func:`bq_jax.ptq.allocate_bits`): for every average budget of
    ``budgets`` (bits per weight, weighted by parameter count), per-layer widths from
    ``candidate_bits`` chosen greedily to minimise the CALIBRATION boundary Jaccard distance
@@ -22,17 +22,22 @@ channel, min-max, round to nearest; biases and activations float):
    of the same calibration score within the budget is judged too: it separates a weak search
    from a calibration criterion that does not carry over to held-out data.
 
-Planes (:func:`slice_stack`): per split, the PCA plane of that split's inputs plus
-``num_slices - 1`` random orthonormal planes through their mean (keys
-``fold_in(fold_in(key(seed), 1 | 2), i)``: 1 calibration, 2 held-out), ``resolution`` x
-``resolution`` grids. Calibration planes come from calibration inputs only and held-out planes
-from held-out inputs only.
+Planes: per split a slice family (:func:`bq_jax.geometry.slice_family` of kind
+``slice_family``, ``slice_count`` planes, ``family_resolution`` grids; the families of
+:meth:`bq_jax.studies.context.SeedContext.family`, shared with the paper's studies): calibration
+planes come from calibration inputs only and choose the allocation; held-out planes come from
+held-out inputs only and judge.
 
-Intervals (``confidence_level``): a proportion over held-out examples gets the Wilson interval;
-a slice metric the Student-t interval of its mean over planes; the mixed - uniform differences
-are paired (same planes, same examples) and pooled over seeds: the t interval over (seed, plane)
-pairs for the held-out boundary Jaccard distance, over (seed, example) pairs for the flip-rate
-and accuracy differences. The aggregate's ``_std`` is the spread over training seeds.
+Estimates (:mod:`bq_jax.stats`, keys ``x``, ``x_se``, ``x_low``, ``x_high``, ``x_n`` at
+``confidence_level``): a rate over held-out examples carries the Wilson interval; a slice metric
+is the mean over the family's planes with the percentile bootstrap interval over the planes
+(``bootstrap_resamples``) and its per-plane values ``x_values``. Over seeds
+(:func:`bq_jax.stats.mean_rows`) slice metrics are pooled by the bootstrap over each seed's
+planes and rates by the Wilson interval of the pooled counts. The mixed - uniform differences
+are paired (same planes, same examples) and pooled over seeds by the bootstrap over
+(seed, plane) pairs for the held-out boundary Jaccard distance and over (seed, example) pairs
+for the flip-rate and accuracy differences, units resampled within each seed. The aggregate's
+``_std`` is the spread over training seeds.
 
 Per-seed result: ``model``, ``float_accuracy``, ``num_heldout_examples``, ``layers`` (paths),
 ``num_weights`` (path -> count), ``layer_rows`` (keys of :func:`bq_jax.ptq.layer_sensitivity`,
@@ -41,8 +46,8 @@ slice metrics prefixed ``heldout_``), ``allocations`` (per budget: ``budget``,
 ``exhaustive_bits_per_layer`` (None when too many assignments), ``steps``),
 ``rows`` (per budget and ``allocation`` of :data:`ALLOCATIONS`: ``average_bits``,
 ``calibration_boundary_jaccard_distance`` and the held-out metrics of
-:func:`bq_jax.ptq.measure_variants`), ``differences`` (per budget: paired counts and per-plane
-differences, mixed - uniform).
+:func:`bq_jax.ptq.measure_variants`), ``differences`` (per budget, mixed - uniform: the
+per-plane Jaccard difference as an estimate with its ``_values``, and the paired counts).
 Aggregate: ``layer_rows`` and ``rows`` averaged over seeds (``x``, ``x_std``, ``n_seeds``),
 ``allocations`` (every seed's choice), ``differences`` (pooled paired estimates with intervals),
 ``layers``, ``num_weights``, ``layer_bits``, ``candidate_bits``, ``budgets``.
@@ -53,19 +58,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import jax
 import numpy as np
 
-from bq_jax._src.checks import check_float, check_int
-from bq_jax.stats import mean_rows
-from bq_jax.studies.config import BaseConfig, check_bits_tuple
+from bq_jax.stats import mean_estimate, mean_rows
+from bq_jax.studies.config import FamilyConfig, check_bits_tuple
 from bq_jax.studies.protocol import Finding
 from bq_jax.studies.reporting import mean_std_cell, table
+from bq_jax.vocabulary import ESTIMATE_SUFFIXES, HIGH_SUFFIX, LOW_SUFFIX, VALUES_SUFFIX
 
 __all__ = [
     "ALLOCATIONS",
     "SensitivityConfig",
-    "slice_stack",
     "compute",
     "aggregate",
     "findings",
@@ -83,28 +86,39 @@ DEPENDS: tuple[str, ...] = ()
 ALLOCATIONS = ("mixed", "uniform", "exhaustive")
 #: Largest number of width assignments (widths ** layers) searched exhaustively.
 MAX_EXHAUSTIVE = 4096
-# compare()'s slice metrics, as reported here on the held-out planes.
+#: Rates over held-out examples (Wilson intervals; pooled over seeds as counts).
+RATES = ("accuracy", "flip_rate", "band_flip_rate", "pair_order_flip")
+#: The held-out boundary Jaccard distance of mixed minus uniform, paired by plane.
+DIFFERENCE = "heldout_boundary_jaccard_distance_difference"
+# The slice metrics, as reported here on the held-out planes (heldout_ prefix).
 _SLICE_KEYS = ("boundary_jaccard_distance", "grid_change", "triple_junction_count")
-_SUFFIXES = ("", "_ci_low", "_ci_high", "_per_slice")
+_SUFFIXES = ("", *ESTIMATE_SUFFIXES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SensitivityConfig(BaseConfig):
+class SensitivityConfig(FamilyConfig):
     """Settings of the sensitivity study (frozen, validated; ``QUICK``: the smoke preset).
 
-    ``bq-jax sensitivity digits`` runs it with these defaults (3 seeds).
+    ``bq-jax sensitivity digits`` runs it with these defaults (3 seeds). The slice families and
+    intervals (``slice_family``, ``slice_count``, ``family_resolution``,
+    ``bootstrap_resamples``, ``confidence_level``) are the fields of
+    :class:`~bq_jax.studies.config.FamilyConfig`, shared with the paper's studies.
 
     Example:
         >>> cfg = SensitivityConfig()
-        >>> cfg.layer_bits, cfg.budgets, cfg.num_slices, cfg.resolution
-        ((4, 3), (3, 4), 8, 64)
+        >>> cfg.layer_bits, cfg.budgets, cfg.slice_family, cfg.slice_count, cfg.family_resolution
+        ((4, 3), (3, 4), 'triplet', 16, 64)
     """
 
-    # Side R of every plane's R x R grid. 64, as in the rounding comparison: at 3-4 bits the
-    # tolerance-0 Jaccard distance of the digits MLP is already 0.82-0.97 at R = 256 (bits sweep,
-    # training slice), and a finer grid pushes it further towards 1, where layers and
-    # allocations can no longer be told apart; a coarser grid also makes each plane cheap, so
-    # more planes fit.
+    # Side R of every family plane's grid. 64: measured on calibration planes only (16 triplet
+    # planes of the calibration inputs, seeds 0 and 1), the tolerance-0 Jaccard distance of
+    # 3-bit weights on every layer is 0.83 / 0.90 at R = 64 and 0.92 / 0.97 at R = 128, where
+    # the layers crowd near 1 and can no longer be told apart (at R = 32 it is 0.67 / 0.74, but
+    # a 32-cell grid across three inputs misses the small moves of 4-bit layers: 0.23-0.41).
+    # A coarser grid also keeps each of the allocation's hundreds of scored networks cheap.
+    family_resolution: int = 64
+    # The run's recorded slice grid (results.json "resolution", the report header). This study
+    # measures every slice metric on its families, so it must equal family_resolution.
     resolution: int = 64
     # Widths of the per-layer table: 4 bits (where the whole network starts to move its boundary)
     # and the 3-bit stress case.
@@ -114,19 +128,16 @@ class SensitivityConfig(BaseConfig):
     # Average bits per weight (parameter-weighted) of the allocations; each is also a uniform
     # width of candidate_bits, the baseline at equal average bits.
     budgets: tuple[int, ...] = (3, 4)
-    # Planes per split: the PCA plane plus num_slices - 1 random planes through the mean (the
-    # plane is the unit of the slice-metric intervals: 8 planes x 3 seeds = 24 paired units).
-    num_slices: int = 8
-    # Confidence level of every interval.
-    confidence_level: float = 0.95
 
     QUICK: ClassVar[dict] = {
         "seeds": (0,),
         "resolution": 24,
+        "family_resolution": 24,
+        "slice_count": 3,
+        "bootstrap_resamples": 500,
         "layer_bits": (3,),
         "candidate_bits": (2, 3, 4, 8),
         "budgets": (3,),
-        "num_slices": 3,
     }
 
     def __post_init__(self):
@@ -134,6 +145,12 @@ class SensitivityConfig(BaseConfig):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         super().__post_init__()
+        if self.resolution != self.family_resolution:
+            raise ValueError(
+                "resolution must equal family_resolution (the sensitivity study measures its "
+                f"slice metrics on the families only), got resolution={self.resolution}, "
+                f"family_resolution={self.family_resolution}; set both"
+            )
         for name in ("layer_bits", "candidate_bits", "budgets"):
             check_bits_tuple(name, getattr(self, name))
             if len(set(getattr(self, name))) != len(getattr(self, name)):
@@ -149,15 +166,6 @@ class SensitivityConfig(BaseConfig):
                     f"{', '.join(map(str, self.candidate_bits))} below the widest (the uniform "
                     f"baseline at equal average bits), got {b}"
                 )
-        check_int("num_slices", self.num_slices, 1, 64)
-        check_float(
-            "confidence_level",
-            self.confidence_level,
-            low=0.0,
-            high=1.0,
-            open_low=True,
-            open_high=True,
-        )
 
     def reasons(self) -> list[str]:
         return [
@@ -170,35 +178,23 @@ class SensitivityConfig(BaseConfig):
             "raises the calibration boundary Jaccard distance least per bit saved; budgets "
             f"{', '.join(map(str, self.budgets))} bits per weight, weighted by parameter count "
             "(biases not counted). Chosen on calibration planes only; judged on held-out data.",
-            f"Planes: per split the PCA plane plus {self.num_slices - 1} random planes through "
-            f"the split's mean, {self.resolution}x{self.resolution} (at 3-4 bits the tolerance-0 "
-            "Jaccard distance nears 1 on finer grids, where layers can no longer be told apart); "
-            f"intervals at {self.confidence_level:g} (Wilson over examples, t over planes).",
+            f"Slice families: {self.slice_count} {self.slice_family!r} planes of the calibration "
+            f"inputs (they choose the allocation) and {self.slice_count} of the held-out inputs "
+            f"(they judge), {self.family_resolution}x{self.family_resolution} grids (on "
+            "calibration planes the 3-bit all-layer Jaccard distance nears 1 at 128, where layers "
+            "can no longer be told apart). A slice metric is the mean over a family's planes "
+            "with its standard error and a "
+            f"{self.confidence_level:g} percentile bootstrap interval over the planes "
+            f"({self.bootstrap_resamples} resamples; pooled over seeds, planes resampled within "
+            "each seed); rates over held-out examples carry Wilson intervals; paired "
+            "mixed - uniform differences are bootstrapped over (seed, plane) or (seed, example) "
+            "pairs.",
             f"Boundary band: held-out points with |float margin| below the "
             f"{self.band_quantile:g} quantile of calibration margins.",
         ]
 
 
 CONFIG = SensitivityConfig
-
-
-def slice_stack(key: jax.Array, x, *, count: int, resolution: int):
-    """The planes of one split: the PCA plane of ``x`` and ``count - 1`` random orthonormal
-    planes through the mean of ``x`` (plane ``i`` from ``fold_in(key, i)``), one stacked Slice.
-
-    Example:
-        >>> x = np.random.default_rng(0).normal(size=(50, 6))
-        >>> slice_stack(jax.random.key(0), x, count=3, resolution=8).num_slices
-        3
-    """
-    from bq_jax import geometry
-
-    planes = [geometry.pca_slice(x, resolution=resolution)]
-    planes += [
-        geometry.random_slice(jax.random.fold_in(key, i), x, resolution=resolution)
-        for i in range(1, count)
-    ]
-    return geometry.stack_slices(planes)
 
 
 def _heldout_slice_keys(row: dict) -> dict:
@@ -221,21 +217,20 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
     """One seed: per-layer sensitivity on held-out data; allocations chosen on calibration
     planes and judged with their uniform baselines on held-out data."""
     from bq_jax import geometry, ptq
-    from bq_jax.studies.context import weight_config
+    from bq_jax.studies.context import stable_key, weight_config
 
     apply_fn, v = ctx.apply_fn, ctx.float_params
     x_cal = np.asarray(ctx.inputs("calibration"))
     x_held = np.asarray(ctx.inputs("heldout"))
     y_held = np.asarray(ctx.targets("heldout"))
-    key = jax.random.key(seed)
-    res, count = config.resolution, config.num_slices
-    cal_planes = slice_stack(jax.random.fold_in(key, 1), x_cal, count=count, resolution=res)
-    held_planes = slice_stack(jax.random.fold_in(key, 2), x_held, count=count, resolution=res)
+    cal_planes = ctx.family("calibration")
+    held_planes = ctx.family("heldout")
     common = dict(
         heldout_x=x_held,
         heldout_y=y_held,
         calibration_x=x_cal,
         band_quantile=config.band_quantile,
+        n_resamples=config.bootstrap_resamples,
         level=config.confidence_level,
     )
     layers = ptq.resolve_layers(v)
@@ -246,6 +241,7 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
         v,
         configs=[weight_config(b) for b in config.layer_bits],
         slices=held_planes,
+        key=stable_key(seed, NAME, "layer_rows"),
         **common,
     )
 
@@ -295,7 +291,9 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
                     "bits_per_layer": dict(bits),
                 }
             )
-    measured = ptq.measure_variants(apply_fn, v, variants, slices=held_planes, **common)
+    measured = ptq.measure_variants(
+        apply_fn, v, variants, slices=held_planes, key=stable_key(seed, NAME, "rows"), **common
+    )
     rows = [{**h, **_heldout_slice_keys(m)} for h, m in zip(heads, measured, strict=True)]
 
     # Paired differences (mixed - uniform): same planes, same held-out examples.
@@ -307,14 +305,19 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
     index = {(h["budget"], h["allocation"]): i for i, h in enumerate(heads)}
     for budget in config.budgets:
         m, u = index[(budget, "mixed")], index[(budget, "uniform")]
-        jm = rows[m]["heldout_boundary_jaccard_distance_per_slice"]
-        ju = rows[u]["heldout_boundary_jaccard_distance_per_slice"]
+        jac = "heldout_boundary_jaccard_distance"
+        diff = np.subtract(rows[m][jac + VALUES_SUFFIX], rows[u][jac + VALUES_SUFFIX])
+        est = mean_estimate(
+            stable_key(seed, NAME, "difference", budget),
+            diff.astype(np.float32),
+            n_resamples=config.bootstrap_resamples,
+            level=config.confidence_level,
+        )
         differences.append(
             {
                 "budget": budget,
-                "heldout_boundary_jaccard_distance_difference_per_slice": [
-                    a - b for a, b in zip(jm, ju, strict=True)
-                ],
+                **est.to_dict(DIFFERENCE),
+                DIFFERENCE + VALUES_SUFFIX: [float(d) for d in diff],
                 "mixed_only_flips": int(np.sum(flips[m] & ~flips[u])),
                 "uniform_only_flips": int(np.sum(flips[u] & ~flips[m])),
                 "mixed_only_correct": int(np.sum(correct[m] & ~correct[u])),
@@ -339,74 +342,96 @@ def compute(config: SensitivityConfig, seed: int, ctx, deps) -> tuple[dict, dict
 # ----------------------------------------------------------------------------- aggregate
 
 
-def _paired(pos: int, neg: int, n: int, level: float) -> tuple[float, float | None, float | None]:
-    """Mean and t interval of n paired per-example differences in {-1, 0, +1}: ``pos`` +1s and
-    ``neg`` -1s."""
-    from bq_jax.ptq import mean_interval
-
-    values = np.zeros(n)
+def _paired_values(pos: int, neg: int, n: int) -> np.ndarray:
+    """The n per-example paired differences in {-1, 0, +1} behind ``pos`` +1s and ``neg`` -1s
+    (their order does not change the bootstrap's distribution)."""
+    values = np.zeros(n, np.float32)
     values[:pos] = 1.0
     values[pos : pos + neg] = -1.0
-    return mean_interval(values, level=level, bounds=(-1.0, 1.0))
+    return values
+
+
+def _pooled(key, per_seed_values: list, config: SensitivityConfig) -> dict:
+    """Estimate of paired differences pooled over seeds: stratified :func:`mean_estimate`
+    (units resampled within each seed) when every seed has as many units, else one pool."""
+    if len({len(v) for v in per_seed_values}) == 1:
+        values = np.asarray(per_seed_values, np.float32)
+    else:
+        values = np.concatenate(per_seed_values).astype(np.float32)
+    return mean_estimate(
+        key, values, n_resamples=config.bootstrap_resamples, level=config.confidence_level
+    )
 
 
 def aggregate(config: SensitivityConfig, per_seed: list[dict]) -> dict:
-    """Rows averaged over seeds; the paired mixed - uniform differences pooled over seeds."""
-    from bq_jax.ptq import mean_interval
+    """Rows averaged over seeds with their estimates pooled (:func:`bq_jax.stats.mean_rows`:
+    slice metrics by the bootstrap over each seed's planes, :data:`RATES` as Wilson intervals of
+    the pooled counts); the paired mixed - uniform differences pooled over seeds by the
+    bootstrap over (seed, plane) and (seed, example) pairs."""
+    from bq_jax.studies.context import stable_key
+    from bq_jax.studies.stopping import AGGREGATE_SEED
 
-    level = config.confidence_level
     differences = []
     for i, budget in enumerate(config.budgets):
         ds = [s["differences"][i] for s in per_seed]
-        per_plane = [
-            d for s in ds for d in s["heldout_boundary_jaccard_distance_difference_per_slice"]
-        ]
-        jac, jac_lo, jac_hi = mean_interval(per_plane, level=level, bounds=(-1.0, 1.0))
-        n = sum(d["heldout_size"] for d in ds)
-        flip = _paired(
-            sum(d["mixed_only_flips"] for d in ds),
-            sum(d["uniform_only_flips"] for d in ds),
-            n,
-            level,
+        jac = _pooled(
+            stable_key(AGGREGATE_SEED, NAME, DIFFERENCE, budget),
+            [d[DIFFERENCE + VALUES_SUFFIX] for d in ds],
+            config,
         )
-        acc = _paired(
-            sum(d["mixed_only_correct"] for d in ds),
-            sum(d["uniform_only_correct"] for d in ds),
-            n,
-            level,
+        flip = _pooled(
+            stable_key(AGGREGATE_SEED, NAME, "flip_rate_difference", budget),
+            [
+                _paired_values(d["mixed_only_flips"], d["uniform_only_flips"], d["heldout_size"])
+                for d in ds
+            ],
+            config,
         )
-        seed_means = [
-            float(np.mean(d["heldout_boundary_jaccard_distance_difference_per_slice"])) for d in ds
-        ]
+        acc = _pooled(
+            stable_key(AGGREGATE_SEED, NAME, "accuracy_difference", budget),
+            [
+                _paired_values(
+                    d["mixed_only_correct"], d["uniform_only_correct"], d["heldout_size"]
+                )
+                for d in ds
+            ],
+            config,
+        )
         differences.append(
             {
                 "budget": budget,
-                "heldout_boundary_jaccard_distance_difference": jac,
-                "heldout_boundary_jaccard_distance_difference_ci_low": jac_lo,
-                "heldout_boundary_jaccard_distance_difference_ci_high": jac_hi,
-                "num_pairs": len(per_plane),
-                "flip_rate_difference": flip[0],
-                "flip_rate_difference_ci_low": flip[1],
-                "flip_rate_difference_ci_high": flip[2],
-                "accuracy_difference": acc[0],
-                "accuracy_difference_ci_low": acc[1],
-                "accuracy_difference_ci_high": acc[2],
-                "heldout_size": n,
-                "seeds_mixed_better": int(sum(d < 0 for d in seed_means)),
+                **jac.to_dict(DIFFERENCE),
+                **flip.to_dict("flip_rate_difference"),
+                **acc.to_dict("accuracy_difference"),
+                "heldout_size": sum(d["heldout_size"] for d in ds),
+                "seeds_mixed_better": int(sum(d[DIFFERENCE] < 0 for d in ds)),
                 "n_seeds": len(ds),
             }
         )
+
+    def pooled_rows(block: str, keys: tuple[str, ...]) -> list[dict]:
+        return mean_rows(
+            [s[block] for s in per_seed],
+            keys,
+            key=stable_key(AGGREGATE_SEED, NAME, block),
+            rates=RATES,
+            n_resamples=config.bootstrap_resamples,
+            level=config.confidence_level,
+        )
+
     return {
         "layers": per_seed[0]["layers"],
         "num_weights": per_seed[0]["num_weights"],
         "layer_bits": list(config.layer_bits),
         "candidate_bits": list(config.candidate_bits),
         "budgets": list(config.budgets),
-        "num_slices": config.num_slices,
-        "confidence_level": level,
+        "slice_family": config.slice_family,
+        "slice_count": config.slice_count,
+        "family_resolution": config.family_resolution,
+        "confidence_level": config.confidence_level,
         "num_heldout_examples": per_seed[0]["num_heldout_examples"],
-        "layer_rows": mean_rows([s["layer_rows"] for s in per_seed], ("bits", "scope", "layer")),
-        "rows": mean_rows([s["rows"] for s in per_seed], ("budget", "allocation")),
+        "layer_rows": pooled_rows("layer_rows", ("bits", "scope", "layer")),
+        "rows": pooled_rows("rows", ("budget", "allocation")),
         "allocations": [
             {
                 "seed": seed,
@@ -431,7 +456,7 @@ def aggregate(config: SensitivityConfig, per_seed: list[dict]) -> dict:
 
 
 def _fmt_ci(row: dict, key: str, fmt: str = ".3f") -> str:
-    lo, hi = row.get(key + "_ci_low"), row.get(key + "_ci_high")
+    lo, hi = row.get(key + LOW_SUFFIX), row.get(key + HIGH_SUFFIX)
     text = format(row[key], fmt)
     if lo is not None and hi is not None:
         text += f" [{format(lo, fmt)}, {format(hi, fmt)}]"
@@ -510,8 +535,8 @@ def findings(config: SensitivityConfig, results: dict) -> list[Finding]:
                 f"{b} bits per weight: mixed precision chosen on calibration data beats uniform "
                 f"{b}-bit weights on HELD-OUT boundary Jaccard distance (paired difference "
                 "mixed - uniform below 0 with its whole interval)",
-                bool(d[jd + "_ci_high"] is not None and d[jd + "_ci_high"] < 0),
-                f"difference {_fmt_ci(d, jd)} over {d['num_pairs']} (seed, plane) pairs; mixed "
+                bool(d[jd + HIGH_SUFFIX] is not None and d[jd + HIGH_SUFFIX] < 0),
+                f"difference {_fmt_ci(d, jd)} over {d[jd + '_n']} (seed, plane) pairs; mixed "
                 f"{_fmt_ci(m, key)} vs uniform {_fmt_ci(u, key)}; mixed lower in "
                 f"{d['seeds_mixed_better']} of {d['n_seeds']} seeds"
                 + ("" if ex is None else f"; exhaustive calibration optimum {ex[key]:.3f}"),
@@ -523,8 +548,8 @@ def findings(config: SensitivityConfig, results: dict) -> list[Finding]:
                 f"{b}-bit weights on HELD-OUT flip rate (paired difference mixed - uniform below "
                 "0 with its whole interval)",
                 bool(
-                    d["flip_rate_difference_ci_high"] is not None
-                    and d["flip_rate_difference_ci_high"] < 0
+                    d["flip_rate_difference" + HIGH_SUFFIX] is not None
+                    and d["flip_rate_difference" + HIGH_SUFFIX] < 0
                 ),
                 f"flip-rate difference {_fmt_ci(d, 'flip_rate_difference', '.4f')}, accuracy "
                 f"difference {_fmt_ci(d, 'accuracy_difference', '.4f')} over {d['heldout_size']} "
@@ -656,7 +681,7 @@ ROW_COLUMNS = (
 
 
 def _interval_cell(row: dict, key: str) -> str | None:
-    lo, hi = row.get(key + "_ci_low"), row.get(key + "_ci_high")
+    lo, hi = row.get(key + LOW_SUFFIX), row.get(key + HIGH_SUFFIX)
     if lo is None or hi is None:
         return None
     fmt = ".3f" if "jaccard" in key else ".4f"
@@ -670,10 +695,12 @@ def report_section(sec, config: SensitivityConfig, results: dict, figure_paths: 
         "Weight layers (parameter count): "
         + ", ".join(f"`{p}` ({n})" for p, n in results["num_weights"].items())
         + ". Weights: per-channel symmetric min-max PTQ-W; biases and activations float. "
-        f"Planes: per split the PCA plane plus {config.num_slices - 1} random planes through the "
-        f"split's mean, {config.resolution}x{config.resolution}. Cells: mean ± std over seeds; "
-        f"interval columns: the {level} interval of one seed (t over planes for slice metrics, "
-        "Wilson over held-out examples for proportions), its ends averaged over seeds."
+        f"Planes: per split a family of {config.slice_count} {config.slice_family!r} planes "
+        f"(calibration inputs choose, held-out inputs judge), "
+        f"{config.family_resolution}x{config.family_resolution}. Cells: mean ± std over seeds; "
+        f"interval columns: the {level} interval pooled over seeds (percentile bootstrap over "
+        "the planes, resampled within each seed, for slice metrics; Wilson over the pooled "
+        "held-out examples for rates)."
     )
     for bits in config.layer_bits:
         sec.text(
@@ -745,8 +772,9 @@ def report_section(sec, config: SensitivityConfig, results: dict, figure_paths: 
     )
     sec.text(
         f"**Paired differences mixed - uniform** (negative: mixed better for the Jaccard distance "
-        f"and the flip rate), pooled over seeds, {level} t intervals over (seed, plane) pairs for "
-        "the Jaccard distance and over (seed, held-out example) pairs for flip rate and accuracy:"
+        f"and the flip rate), pooled over seeds: {level} percentile bootstrap intervals over "
+        "(seed, plane) pairs for the Jaccard distance and over (seed, held-out example) pairs "
+        "for flip rate and accuracy, units resampled within each seed:"
     )
     diff_rows = [
         {
@@ -754,7 +782,7 @@ def report_section(sec, config: SensitivityConfig, results: dict, figure_paths: 
             "heldout_boundary_jaccard_distance_difference": _fmt_ci(
                 d, "heldout_boundary_jaccard_distance_difference"
             ),
-            "num_pairs": d["num_pairs"],
+            "(seed, plane) pairs": d[DIFFERENCE + "_n"],
             "flip_rate_difference": _fmt_ci(d, "flip_rate_difference", ".4f"),
             "accuracy_difference": _fmt_ci(d, "accuracy_difference", ".4f"),
             "seeds_mixed_better": f"{d['seeds_mixed_better']} of {d['n_seeds']}",
@@ -767,7 +795,7 @@ def report_section(sec, config: SensitivityConfig, results: dict, figure_paths: 
         [
             "budget",
             "heldout_boundary_jaccard_distance_difference",
-            "num_pairs",
+            "(seed, plane) pairs",
             "flip_rate_difference",
             "accuracy_difference",
             "seeds_mixed_better",
