@@ -396,3 +396,29 @@ def test_allocation_narrows_the_lossless_layer_first_and_meets_the_budget(setup)
         ptq.allocate_bits(
             mlp, params, configs=configs, calibration_slices=planes, budget=1.5, score_fn=score
         )
+
+
+def test_layouts_make_equinox_layers_quantize_per_output_channel():
+    """An equinox kernel is (out, in): with the adapter's layouts, the per-layer quantizer of the
+    sensitivity study scales per OUTPUT channel, exactly as quantize_weights(layouts=) does."""
+    eqx = pytest.importorskip("equinox")
+    from bq_jax.models import adapt
+
+    mlp = eqx.nn.MLP(4, 3, 8, 1, key=jax.random.key(0))
+    adapted = adapt(mlp, sample_x=jnp.ones((2, 4), jnp.float32))
+    layers = ptq.weight_layers(adapted.params, layouts=adapted.layouts)
+    assert list(layers) == list(adapted.layouts)
+    first = list(layers)[0]
+    cfg = quant.QuantConfig(bits=3, granularity="per_channel")
+    mine = ptq.flatten_params(
+        ptq.quantize_layers(adapted.params, {first: cfg}, layouts=adapted.layouts)
+    )
+    ref = ptq.flatten_params(
+        ptq.quantize_weights(adapted.params, [("^" + first + "$", cfg)], layouts=adapted.layouts)
+    )
+    np.testing.assert_array_equal(np.asarray(mine[first]), np.asarray(ref[first]))
+    # per output channel: each row of the (out, in) kernel has its own min-max scale, so each
+    # row's largest |w| is kept (up to the float rounding of qmax * scale) -- not each column's
+    w, q = np.asarray(ptq.flatten_params(adapted.params)[first]), np.asarray(mine[first])
+    np.testing.assert_allclose(np.max(np.abs(q), axis=1), np.max(np.abs(w), axis=1), rtol=1e-6)
+    assert not np.allclose(np.max(np.abs(q), axis=0), np.max(np.abs(w), axis=0), rtol=1e-6)

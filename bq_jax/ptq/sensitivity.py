@@ -106,7 +106,12 @@ _POINT_KEYS = (
 # ----------------------------------------------------------------------------- layers
 
 
-def weight_layers(params: Mapping[str, Any], *, targets: str | None = DEFAULT_TARGETS) -> dict:
+def weight_layers(
+    params: Mapping[str, Any],
+    *,
+    targets: str | None = DEFAULT_TARGETS,
+    layouts: Mapping[str, int] | None = None,
+) -> dict:
     """The weight layers of ``params``: ``{path: parameter count}`` in flattening order.
 
     A layer is a floating-point leaf whose path matches ``targets`` (default: every ``kernel``
@@ -119,13 +124,17 @@ def weight_layers(params: Mapping[str, Any], *, targets: str | None = DEFAULT_TA
         >>> weight_layers(variables)
         {'params/layers_0/kernel': 32, 'params/layers_2/kernel': 24}
     """
-    plan = resolve_rules(params, quant.QuantConfig(bits=8), targets=targets)
+    plan = resolve_rules(params, quant.QuantConfig(bits=8), targets=targets, layouts=layouts)
     flat = flatten_params(params)
     return {p: int(np.size(flat[p])) for p in plan}
 
 
 def resolve_layers(
-    params: Mapping[str, Any], layers=None, *, targets: str | None = DEFAULT_TARGETS
+    params: Mapping[str, Any],
+    layers=None,
+    *,
+    targets: str | None = DEFAULT_TARGETS,
+    layouts: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Leaf paths of ``layers`` (None: every weight layer, :func:`weight_layers` order).
 
@@ -143,7 +152,7 @@ def resolve_layers(
         >>> resolve_layers(variables, ["layers_2"])
         ['params/layers_2/kernel']
     """
-    known = list(weight_layers(params, targets=targets))
+    known = list(weight_layers(params, targets=targets, layouts=layouts))
     if layers is None:
         return known
     if isinstance(layers, str | bytes) or not isinstance(layers, Sequence):
@@ -181,6 +190,7 @@ def quantize_layers(
     assignment: Mapping[str, quant.QuantConfig | None],
     *,
     targets: str | None = DEFAULT_TARGETS,
+    layouts: Mapping[str, int] | None = None,
 ):
     """PTQ-W of the layers in ``assignment`` (path -> QuantConfig; None or absent: float).
 
@@ -196,7 +206,7 @@ def quantize_layers(
         ...     q["params"]["layers_0"]["kernel"], variables["params"]["layers_0"]["kernel"]))
         (True, True)
     """
-    known = weight_layers(params, targets=targets)
+    known = weight_layers(params, targets=targets, layouts=layouts)
     rules = []
     for path, cfg in assignment.items():
         if path not in known:
@@ -205,7 +215,7 @@ def quantize_layers(
             rules.append(("^" + re.escape(path) + "$", cfg))
     if not rules:
         return jax.tree.map(lambda x: x, params)
-    return quantize_weights(params, rules, targets=targets)
+    return quantize_weights(params, rules, targets=targets, layouts=layouts)
 
 
 def weight_sqnr_db(params, params_q, layers: Sequence[str]) -> float | None:
@@ -406,6 +416,7 @@ def layer_sensitivity(
     layers=None,
     scopes: Sequence[str] = SCOPES,
     targets: str | None = DEFAULT_TARGETS,
+    layouts: Mapping[str, int] | None = None,
     band_quantile: float = DEFAULT_BAND_QUANTILE,
     n_resamples: int = DEFAULT_RESAMPLES,
     level: float = DEFAULT_LEVEL,
@@ -436,6 +447,9 @@ def layer_sensitivity(
         layers: layer names (:func:`resolve_layers`); None: every weight layer.
         scopes: which of :data:`SCOPES` to measure.
         targets: regex of the weight leaves (as in :func:`~bq_jax.ptq.quantize_weights`).
+        layouts: ``{kernel_path: output_axis}`` of the model's kernels (``Adapted.layouts`` of
+            :func:`bq_jax.models.adapt`), so per-channel configs scale per OUTPUT channel
+            whatever the framework (equinox kernels are ``(out, in)``); None: linen layout.
         band_quantile, chunk_size: as in :func:`~bq_jax.geometry.compare`.
         n_resamples, level: bootstrap resamples and confidence level of every interval.
 
@@ -462,8 +476,8 @@ def layer_sensitivity(
          (None, 'all')]
     """
     configs = _as_configs(configs)
-    chosen = resolve_layers(params, layers, targets=targets)
-    sizes = weight_layers(params, targets=targets)
+    chosen = resolve_layers(params, layers, targets=targets, layouts=layouts)
+    sizes = weight_layers(params, targets=targets, layouts=layouts)
     every = list(sizes)
     scopes = tuple(scopes)
     if not scopes:
@@ -474,7 +488,9 @@ def layer_sensitivity(
     flat = flatten_params(params)
     variants, heads = [], []
     for cfg in configs:
-        q_all = flatten_params(quantize_layers(params, dict.fromkeys(every, cfg), targets=targets))
+        q_all = flatten_params(
+            quantize_layers(params, dict.fromkeys(every, cfg), targets=targets, layouts=layouts)
+        )
         for scope in (s for s in SCOPES if s in scopes):
             for layer in chosen if scope != "all" else [None]:
                 if scope == "only":
@@ -728,6 +744,7 @@ def calibration_jaccard_score(
     layers: Sequence[str],
     *,
     targets: str | None = DEFAULT_TARGETS,
+    layouts: Mapping[str, int] | None = None,
     chunk_size: int | None = None,
 ) -> Callable[[list[tuple[int, ...]]], list[float]]:
     """The score of :func:`allocate_bits`: assignments (widths of ``layers``, in order) ->
@@ -753,7 +770,9 @@ def calibration_jaccard_score(
     planes = _as_family(slices)
     flat = flatten_params(params)
     leaves = {
-        (p, b): flatten_params(quantize_layers(params, {p: cfg}, targets=targets))[p]
+        (p, b): flatten_params(quantize_layers(params, {p: cfg}, targets=targets, layouts=layouts))[
+            p
+        ]
         for p in layers
         for b, cfg in configs.items()
     }
@@ -817,6 +836,7 @@ def allocate_bits(
     budget: float,
     layers=None,
     targets: str | None = DEFAULT_TARGETS,
+    layouts: Mapping[str, int] | None = None,
     chunk_size: int | None = None,
     score_fn: Callable | None = None,
 ) -> Allocation:
@@ -838,7 +858,7 @@ def allocate_bits(
             sequence). Never pass held-out planes: the score chooses.
         budget: average bits per weight, between the narrowest and widest candidate width.
         layers: layer names (:func:`resolve_layers`); None: every weight layer.
-        targets, chunk_size: as in :func:`layer_sensitivity`.
+        targets, layouts, chunk_size: as in :func:`layer_sensitivity`.
         score_fn: a score from :func:`calibration_jaccard_score` to reuse (its memo spares
             recomputing the assignments several budgets share); built here when None.
 
@@ -866,8 +886,8 @@ def allocate_bits(
             raise ValueError(
                 f"configs must map each width to a QuantConfig of that width, got {b}: {cfg!r}"
             )
-    chosen = resolve_layers(params, layers, targets=targets)
-    sizes = weight_layers(params, targets=targets)
+    chosen = resolve_layers(params, layers, targets=targets, layouts=layouts)
+    sizes = weight_layers(params, targets=targets, layouts=layouts)
     if score_fn is None:
         score_fn = calibration_jaccard_score(
             apply_fn,
@@ -876,6 +896,7 @@ def allocate_bits(
             calibration_slices,
             chosen,
             targets=targets,
+            layouts=layouts,
             chunk_size=chunk_size,
         )
     widths, steps = greedy_allocation(score_fn, [sizes[p] for p in chosen], list(configs), budget)
