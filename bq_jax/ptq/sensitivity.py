@@ -555,6 +555,18 @@ def average_bits(bits: Mapping[str, int], num_weights: Mapping[str, int]) -> flo
     return sum(num_weights[p] * bits[p] for p in bits) / total
 
 
+def _check_allocation(num_weights, widths, budget) -> tuple[list[int], list[int], float]:
+    """Checked allocation arguments: distinct widths (widest first), layer sizes, budget."""
+    ws = sorted({check_int("widths[i]", w, 1) for w in widths}, reverse=True)
+    if len(ws) != len(widths):
+        raise ValueError(f"widths must be distinct, got {widths}")
+    sizes = [check_int("num_weights[i]", n, 1) for n in num_weights]
+    if not sizes:
+        raise ValueError("num_weights is empty; give at least one layer")
+    budget = check_float("budget", budget, low=float(ws[-1]), high=float(ws[0]))
+    return ws, sizes, budget
+
+
 def greedy_allocation(
     score_fn: Callable[[list[tuple[int, ...]]], Sequence[float]],
     num_weights: Sequence[int],
@@ -607,13 +619,7 @@ def greedy_allocation(
         >>> greedy_allocation(score, [100, 100], [2, 4, 8], budget=5.0)[0]
         (8, 2)
     """
-    ws = sorted({check_int("widths[i]", w, 1) for w in widths}, reverse=True)
-    if len(ws) != len(widths):
-        raise ValueError(f"widths must be distinct, got {widths}")
-    sizes = [check_int("num_weights[i]", n, 1) for n in num_weights]
-    if not sizes:
-        raise ValueError("num_weights is empty; give at least one layer")
-    budget = check_float("budget", budget, low=float(ws[-1]), high=float(ws[0]))
+    ws, sizes, budget = _check_allocation(num_weights, widths, budget)
     total = sum(sizes)
     limit = budget * total * (1 + 1e-12)
     top = len(ws) - 1
@@ -712,13 +718,7 @@ def exhaustive_allocation(
         >>> exhaustive_allocation(score, [100, 100], [2, 4, 8], budget=5.0)
         ((8, 2), 0.2890625)
     """
-    ws = sorted({check_int("widths[i]", w, 1) for w in widths}, reverse=True)
-    if len(ws) != len(widths):
-        raise ValueError(f"widths must be distinct, got {widths}")
-    sizes = [check_int("num_weights[i]", n, 1) for n in num_weights]
-    if not sizes:
-        raise ValueError("num_weights is empty; give at least one layer")
-    budget = check_float("budget", budget, low=float(ws[-1]), high=float(ws[0]))
+    ws, sizes, budget = _check_allocation(num_weights, widths, budget)
     if len(ws) ** len(sizes) > max_assignments:
         raise ValueError(
             f"exhaustive search over {len(ws)} widths and {len(sizes)} layers means "
